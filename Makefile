@@ -1,0 +1,35 @@
+# Two commands for a fresh machine with Python >= 3.10:
+#   make demo   create .venv, install unetkit, train on the built-in demo data
+#   make test   create .venv, install unetkit with its test extras, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.unetkit-installed
+OUT    ?= runs/demo
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,export]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/unetkit train --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m ruff check src tests models train.py benchmarks
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests models train.py benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) runs

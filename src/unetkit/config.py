@@ -1,0 +1,198 @@
+"""Every setting a user can change, as one typed dataclass per concern.
+
+The whole :class:`Config` is written as ``config.json`` beside every checkpoint, so a
+checkpoint alone is enough to rebuild its model and to normalise new images the same way.
+Command-line flags and YAML/JSON config files are both parsed into these classes
+(``Config.from_dict`` / ``Config.to_dict``); nothing else passes settings around as dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build. ``out_channels`` is derived from the number of classes:
+    1 logit for a binary task (sigmoid), K logits for K >= 3 classes (softmax)."""
+
+    arch: str = "unet"  # "unet" | "resnet_unet"
+    in_channels: int = 1
+    out_channels: int = 1
+    # UNet
+    features: int = 32
+    depth: int = 4
+    padding: str = "same"  # "same" | "valid" (the paper's)
+    upsample: str = "transpose"  # "transpose" | "bilinear"
+    norm: str | None = "batch"  # None | "batch" | "instance" | "group"
+    dropout: float = 0.0
+    # ResNetUNet
+    resnet_depth: int = 34
+    pretrained: bool | str = False  # False, True (torchvision file in the hub cache) or a path
+    freeze_encoder: bool = False
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how to read them.
+
+    ``root`` is None for the built-in demo data. Masks may be 0/1, 0/255, class indices
+    0..K-1 or RGB colours listed in ``palette`` (colour -> class index).
+    """
+
+    root: str | None = None
+    demo: str = "binary"  # built-in data when root is None: "binary" | "multiclass"
+    demo_size: int = 256  # side of each generated demo image, pixels
+    demo_count: int = 64  # number of generated demo images
+    num_classes: int = 2  # including background
+    class_names: tuple[str, ...] = ()
+    mask_encoding: str = "auto"  # "auto" | "binary" | "index" | "palette"
+    palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
+    ignore_index: int | None = None
+    val_fraction: float = 0.2  # used when ROOT/train and ROOT/val do not exist
+    patch_size: int = 256  # training crop, pixels (input side for valid padding)
+    foreground_oversample: float = 0.33  # probability that a crop is centred on foreground
+    normalize: str = "dataset"  # "dataset" | "imagenet" | "none"
+    mean: tuple[float, ...] = ()  # filled in from the training images (or ImageNet's)
+    std: tuple[float, ...] = ()
+    weight_map: bool = True  # the paper's border weight map, when instance labels exist
+    weight_map_w0: float = 10.0
+    weight_map_sigma: float = 5.0  # pixels
+    num_workers: int | None = None  # None: chosen from the core count
+
+
+@dataclass
+class AugmentConfig:
+    """Random changes applied to each training batch, on the training device.
+
+    Geometric changes are composed into one sampling grid and applied in one resampling.
+    """
+
+    enabled: bool = True
+    flip: bool = True
+    rot90: bool = True
+    rotate_deg: float = 15.0  # uniform in [-rotate_deg, rotate_deg]
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.05  # fraction of the side
+    elastic: bool = True  # the paper's elastic deformation
+    elastic_grid: int = 3  # coarse displacement grid, points per side
+    elastic_sigma: float = 10.0  # standard deviation of the displacements, pixels
+    brightness: float = 0.1  # additive, in units of the normalised image's std
+    contrast: float = 0.15  # multiplicative, +- fraction
+    gamma: float = 0.2  # gamma in [1 - gamma, 1 + gamma]
+    noise_std: float = 0.03
+    blur_prob: float = 0.1
+    blur_sigma: tuple[float, float] = (0.5, 1.5)  # pixels
+
+
+@dataclass
+class LossConfig:
+    """``name`` in: bce, ce, dice, dice_bce, dice_ce, focal, auto (dice_bce for binary,
+    dice_ce for multi-class)."""
+
+    name: str = "auto"
+    dice_include_background: bool = False
+    focal_gamma: float = 2.0
+    dice_weight: float = 1.0  # weight of the Dice term in the combined losses
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.99  # SGD (the paper's)
+    schedule: str = "cosine"  # "cosine" | "poly" | "plateau" | "step" | "none"
+    warmup_epochs: int = 1
+    poly_power: float = 0.9
+    step_size: int = 30
+    step_gamma: float = 0.1
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 4
+    steps_per_epoch: int | None = None  # None: one pass over the training images
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
+    channels_last: bool | None = None  # None: chosen for the device
+    compile: bool = False
+    sync_batchnorm: bool = False
+    out: str = "runs/unetkit"
+    resume: bool = False
+    plot_every: int = 5  # epochs between figure updates
+    num_preview: int = 4  # validation images drawn in predictions.png
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build from nested dicts (a parsed config.json or YAML file); unknown keys raise."""
+        return _from_dict(cls, raw, "config")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read config: {err}") from err
+        return cls.from_dict(raw)
+
+
+def _from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn JSON/YAML values into the declared type (lists -> tuples, nested dataclasses)."""
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        for arg in args:
+            if typing.get_origin(arg) is tuple and isinstance(value, (list, tuple)):
+                return tuple(value)
+    return value

@@ -1,0 +1,1 @@
+"""Reading, generating and augmenting images and masks."""

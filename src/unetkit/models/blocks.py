@@ -1,0 +1,112 @@
+"""Small building blocks shared by the networks: the double convolution, normalisation
+choice, centre crop and the pad-to-a-multiple helper that lets same-padding networks
+take any H x W."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = (None, "batch", "instance", "group")
+
+
+def make_norm(kind: str | None, channels: int) -> nn.Module:
+    """The normalisation layer after each convolution: BatchNorm, InstanceNorm, GroupNorm
+    or none (``nn.Identity``, the paper's choice)."""
+    if kind is None or kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        # 8 groups where the width allows it (32 is common for wide ImageNet nets; U-Net
+        # levels start at 16-64 channels, where 8 keeps groups of at least 2 channels).
+        groups = 8 if channels % 8 == 0 else 1
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class ConvNormReLU(nn.Sequential):
+    """3x3 convolution -> normalisation -> ReLU.
+
+    ``padding=0`` is the paper's unpadded ("valid") convolution: H x W -> (H-2) x (W-2).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None):
+        # With a normalisation layer the convolution's bias is redundant (the norm's shift
+        # replaces it), so it is left out, as torchvision does.
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=norm in (None, "none")),
+            make_norm(norm, out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """Two ``ConvNormReLU``: the unit of every U-Net level. Valid padding shrinks each side
+    by 4 pixels; same padding keeps H x W."""
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None):
+        super().__init__(
+            ConvNormReLU(in_ch, out_ch, padding, norm),
+            ConvNormReLU(out_ch, out_ch, padding, norm),
+        )
+
+
+def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Crop the last two dimensions of ``x`` to ``height`` x ``width`` around the centre.
+
+    Used for the paper's skip connections (the encoder map is larger than the upsampled
+    decoder map) and to crop training targets to a valid-padding network's output.
+    """
+    top = (x.shape[-2] - height) // 2
+    left = (x.shape[-1] - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, minimum: int = 1
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) on the bottom/right so H and W become multiples of ``multiple``
+    (and at least ``minimum``).
+
+    Edge pixels are replicated rather than zero-filled so the padded band looks like
+    image, not like a dark frame; replication also works when the padding is wider than
+    the image (reflection does not). Returns the padded tensor and the original (H, W).
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    pad_h = max((multiple - height % multiple) % multiple, minimum - height)
+    pad_w = max((multiple - width % multiple) % multiple, minimum - width)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    return x, (height, width)
+
+
+def init_kaiming(module: nn.Module) -> None:
+    """He initialisation (std = sqrt(2 / fan_in)), the paper's choice for ReLU networks;
+    normalisation layers start as the identity."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
+    """Raise a readable ValueError instead of a convolution stack trace."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} expects a 4-D tensor (batch, {in_channels}, height, width), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{name} was built for {in_channels} input channel(s), got {x.shape[1]} "
+            f"(input shape {tuple(x.shape)})"
+        )
