@@ -62,7 +62,8 @@ class DataConfig:
     val_fraction: float = 0.2  # used when ROOT/train and ROOT/val do not exist
     patch_size: int = 256  # training crop, pixels (input side for valid padding)
     foreground_oversample: float = 0.33  # probability that a crop is centred on foreground
-    normalize: str = "dataset"  # "dataset" | "imagenet" | "none"
+    # "auto": ImageNet's statistics for a pretrained encoder, else the training images'
+    normalize: str = "auto"  # "auto" | "dataset" | "imagenet" | "none"
     mean: tuple[float, ...] = ()  # filled in from the training images (or ImageNet's)
     std: tuple[float, ...] = ()
     weight_map: bool = True  # the paper's border weight map, when instance labels exist

@@ -133,7 +133,7 @@ class UNet(nn.Module):
         """
         if self.padding == "same":
             return input_size if input_size > 0 else None
-        return _valid_output_size(input_size, self.depth)
+        return valid_output_size(input_size, self.depth)
 
     def valid_input_size(self, size: int) -> int:
         """The smallest input side the network takes whose output side is >= ``size``."""
@@ -141,7 +141,7 @@ class UNet(nn.Module):
             return max(1, size)
         candidate = 1
         while True:
-            out = _valid_output_size(candidate, self.depth)
+            out = valid_output_size(candidate, self.depth)
             if out is not None and out >= size:
                 return candidate
             candidate += 1
@@ -155,8 +155,8 @@ class UNet(nn.Module):
 
     def _check_valid(self, height: int, width: int) -> None:
         for name, side in (("height", height), ("width", width)):
-            if _valid_output_size(int(side), self.depth) is None:
-                below, above = _nearest_valid(int(side), self.depth)
+            if valid_output_size(int(side), self.depth) is None:
+                below, above = nearest_valid_sizes(int(side), self.depth)
                 near = f"{below} or {above}" if below else f"{above}"
                 raise ValueError(
                     f"UNet(padding='valid', depth={self.depth}) cannot take input {name} "
@@ -166,7 +166,8 @@ class UNet(nn.Module):
                 )
 
 
-def _valid_output_size(size: int, depth: int) -> int | None:
+def valid_output_size(size: int, depth: int) -> int | None:
+    """Output side of a valid-padding U-Net of ``depth`` for an input side, or None."""
     for _ in range(depth):
         size -= 4
         if size <= 0 or size % 2:
@@ -180,8 +181,8 @@ def _valid_output_size(size: int, depth: int) -> int | None:
     return size if size > 0 else None
 
 
-def _nearest_valid(size: int, depth: int) -> tuple[int | None, int]:
-    below = next((s for s in range(size - 1, 0, -1) if _valid_output_size(s, depth)), None)
+def nearest_valid_sizes(size: int, depth: int) -> tuple[int | None, int]:
+    below = next((s for s in range(size - 1, 0, -1) if valid_output_size(s, depth)), None)
     above = next(s for s in range(size + 1, size + 2 ** (depth + 1) * 2 + 200)
-                 if _valid_output_size(s, depth))
+                 if valid_output_size(s, depth))
     return below, above

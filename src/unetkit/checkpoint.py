@@ -1,0 +1,148 @@
+"""Checkpoints: a folder holding everything needed to use or resume a model.
+
+    CKPT/
+      model.safetensors   the weights (safetensors: loading runs no pickled code)
+      config.json         the full Config: model, classes, normalisation, training settings
+      metrics.json        epoch and validation scores when it was written
+      state.pt            optimizer, scheduler, epoch, RNG states for --resume
+                          (read with torch.load(weights_only=True): tensors and plain
+                          containers only, never arbitrary pickled objects)
+
+A checkpoint is written into a temporary folder and renamed into place, so a crash while
+saving never destroys the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import Config, ModelConfig
+from .models import ResNetUNet, UNet
+
+WEIGHTS, CONFIG, METRICS, STATE = "model.safetensors", "config.json", "metrics.json", "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or does not match its model."""
+
+
+def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> nn.Module:
+    """The network described by ``cfg``. ``load_pretrained=False`` skips reading ImageNet
+    weights (used when a checkpoint's own weights replace them anyway)."""
+    if cfg.arch == "unet":
+        return UNet(
+            cfg.in_channels, cfg.out_channels, features=cfg.features, depth=cfg.depth,
+            padding=cfg.padding, upsample=cfg.upsample, norm=cfg.norm, dropout=cfg.dropout,
+        )
+    if cfg.arch == "resnet_unet":
+        return ResNetUNet(
+            cfg.out_channels, pretrained=cfg.pretrained if load_pretrained else False,
+            depth=cfg.resnet_depth, in_channels=cfg.in_channels,
+            decoder_channels=tuple(cfg.decoder_channels), freeze_encoder=cfg.freeze_encoder,
+        )
+    raise ValueError(f"model arch must be 'unet' or 'resnet_unet', got {cfg.arch!r}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    config: Config,
+    metrics: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``folder`` atomically (temporary sibling, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_file(weights, str(tmp / WEIGHTS))
+    config.save(tmp / CONFIG)
+    (tmp / METRICS).write_text(json.dumps(_jsonable(metrics or {}), indent=2) + "\n")
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_config(folder: str | Path) -> Config:
+    folder = _check_folder(folder, need_state=False)
+    try:
+        return Config.load(folder / CONFIG)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+
+
+def load_checkpoint(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
+    """The model (in eval mode, on ``device``) and the Config saved in ``folder``."""
+    folder = _check_folder(folder, need_state=False)
+    config = load_config(folder)
+    model = build_model(config.model, load_pretrained=False)
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+    except Exception as err:
+        raise CheckpointError(f"{folder / WEIGHTS}: cannot read weights: {err}") from err
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{folder / WEIGHTS}: weights do not match the model in {folder / CONFIG}: {err}"
+        ) from err
+    return model.to(device).eval(), config
+
+
+def load_training_state(folder: str | Path) -> dict[str, Any]:
+    """The optimizer/scheduler/epoch/RNG state saved for ``--resume``."""
+    folder = _check_folder(folder, need_state=True)
+    try:
+        return torch.load(folder / STATE, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{folder / STATE}: cannot read training state: {err}") from err
+
+
+def _check_folder(folder: str | Path, need_state: bool) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder not found: {folder} (expected a folder with {WEIGHTS} "
+            f"and {CONFIG}, such as RUN/checkpoints/best)"
+        )
+    needed = [WEIGHTS, CONFIG] + ([STATE] if need_state else [])
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)}")
+    return folder
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and value != value:  # NaN is not valid JSON
+        return None
+    return value

@@ -1,0 +1,132 @@
+"""What a training run leaves for a person to read: metrics.csv, curves.png and
+predictions.png."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# A fixed, colour-blind-friendly class palette (Okabe-Ito), background transparent.
+CLASS_COLOURS = np.array(
+    [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
+     (0, 114, 178), (213, 94, 0), (204, 121, 167)], dtype=np.float32) / 255.0
+
+
+class MetricsLog:
+    """metrics.csv with one row per epoch. On resume, rows after the resumed epoch are
+    dropped (they belong to the interrupted run) and new rows are appended."""
+
+    def __init__(self, path: str | Path, resume_from_epoch: int | None = None):
+        self.path = Path(path)
+        self.rows: list[dict[str, float]] = []
+        if resume_from_epoch is not None and self.path.is_file():
+            with self.path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    if int(row["epoch"]) <= resume_from_epoch:
+                        self.rows.append({k: _num(v) for k, v in row.items()})
+        self._write()
+
+    def append(self, row: dict[str, float]) -> None:
+        self.rows.append(dict(row))
+        self._write()
+
+    def _write(self) -> None:
+        if not self.rows:
+            return
+        fields = list(self.rows[0])
+        for row in self.rows[1:]:
+            fields += [k for k in row if k not in fields]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def _num(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works on machines without a screen
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """curves.png: training/validation loss, validation Dice/IoU and learning rate per epoch."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+
+    def series(key):
+        return [r.get(key, math.nan) for r in rows]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, series("train_loss"), label="train")
+    axes[0].plot(epochs, series("val_loss"), label="validation")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    axes[1].plot(epochs, series("val_dice"), label="Dice")
+    axes[1].plot(epochs, series("val_iou"), label="IoU")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("validation (foreground mean)")
+    axes[1].legend()
+    axes[2].plot(epochs, series("lr"))
+    axes[2].set_title("learning rate")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend class colours over an image. image (C,H,W) float in any range, labels (H,W)
+    int -> RGB (H,W,3) float in [0,1]; class 0 (background) is left uncoloured."""
+    grey = image.mean(axis=0) if image.shape[0] != 3 else None
+    rgb = np.repeat(grey[..., None], 3, axis=2) if grey is not None else image.transpose(1, 2, 0)
+    low, high = np.percentile(rgb, (1, 99.5))
+    rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
+    colours = CLASS_COLOURS[np.asarray(labels) % len(CLASS_COLOURS)]
+    fg = (np.asarray(labels) > 0)[..., None]
+    return np.where(fg, (1 - alpha) * rgb + alpha * colours, rgb)
+
+
+def plot_predictions(
+    samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """predictions.png: for each (image (C,H,W), truth (H,W), prediction (H,W)) a row of
+    image, truth overlaid, prediction overlaid."""
+    plt = _pyplot()
+    rows = max(1, len(samples))
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for row, (image, truth, pred) in enumerate(samples):
+        axes[row, 0].imshow(overlay(image, np.zeros_like(truth)))
+        axes[row, 1].imshow(overlay(image, truth))
+        axes[row, 2].imshow(overlay(image, pred))
+        for col, name in enumerate(("image", "truth", "prediction")):
+            axes[row, col].set_title(name if row == 0 else "")
+            axes[row, col].axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
