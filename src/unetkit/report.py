@@ -51,7 +51,7 @@ class MetricsLog:
 
 def _num(text: str) -> float:
     try:
-        return float(text)
+        return int(text) if text.lstrip("-").isdigit() else float(text)
     except ValueError:
         return math.nan
 

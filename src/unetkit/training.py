@@ -60,7 +60,8 @@ def prepare_config(config: Config) -> Config:
         data = dataclasses.replace(data, num_classes=4)
     if data.num_classes < 2:
         raise ValueError(f"num_classes counts the background too: >= 2, got {data.num_classes}")
-    model = dataclasses.replace(model, out_channels=1 if data.num_classes == 2 else data.num_classes)
+    out_channels = 1 if data.num_classes == 2 else data.num_classes
+    model = dataclasses.replace(model, out_channels=out_channels)
     if model.arch == "unet" and model.padding == "valid":
         if valid_output_size(data.patch_size, model.depth) is None:
             below, above = nearest_valid_sizes(data.patch_size, model.depth)
