@@ -195,6 +195,23 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    """What this machine will run with: the settings `train` and `predict` pick."""
+    import torch
+
+    from . import __version__
+    from .runtime import make_runtime
+
+    rt = make_runtime()
+    print(f"unetkit {__version__}, torch {torch.__version__}")
+    print(f"device: {rt.device}  autocast: {str(rt.dtype).replace('torch.', '')}  "
+          f"channels_last: {rt.channels_last}")
+    print(f"threads: {torch.get_num_threads()}  "
+          f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'default')}")
+    print(f"allocator: {allocator_name()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetkit", description="U-Net and ResNet-U-Net segmentation: train, predict, "
@@ -210,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="show the device, precision and allocator in use")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("make-demo-data", help="write the built-in demo data set to a folder")
     p.add_argument("directory")

@@ -29,17 +29,17 @@ class ModelConfig:
     in_channels: int = 1
     out_channels: int = 1
     # UNet
-    features: int = 32
-    depth: int = 4
+    features: int = 32  # channels of the first level; doubled at each level
+    depth: int = 4  # number of 2x2 poolings (the paper: 4)
     padding: str = "same"  # "same" | "valid" (the paper's)
     upsample: str = "transpose"  # "transpose" | "bilinear"
     norm: str | None = "batch"  # None | "batch" | "instance" | "group"
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout at the end of the contracting path (the paper: 0.5)
     # ResNetUNet
-    resnet_depth: int = 34
+    resnet_depth: int = 34  # ResNetUNet encoder: 18, 34, 50, 101 or 152
     pretrained: bool | str = False  # False, True (torchvision file in the hub cache) or a path
-    freeze_encoder: bool = False
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    freeze_encoder: bool = False  # ResNetUNet: fix encoder weights and BN statistics
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # ResNetUNet decoder
 
 
 @dataclass
@@ -50,24 +50,24 @@ class DataConfig:
     0..K-1 or RGB colours listed in ``palette`` (colour -> class index).
     """
 
-    root: str | None = None
+    root: str | None = None  # data folder (ROOT/images, ROOT/masks); none: the demo data
     demo: str = "binary"  # built-in data when root is None: "binary" | "multiclass"
     demo_size: int = 256  # side of each generated demo image, pixels
     demo_count: int = 64  # number of generated demo images
     num_classes: int = 2  # including background
-    class_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()  # names for reports, background first
     mask_encoding: str = "auto"  # "auto" | "binary" | "index" | "palette"
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
-    ignore_index: int | None = None
+    ignore_index: int | None = None  # mask value that no loss or metric counts
     val_fraction: float = 0.2  # used when ROOT/train and ROOT/val do not exist
     patch_size: int = 256  # training crop, pixels (input side for valid padding)
     foreground_oversample: float = 0.33  # probability that a crop is centred on foreground
     # "auto": ImageNet's statistics for a pretrained encoder, else the training images'
     normalize: str = "auto"  # "auto" | "dataset" | "imagenet" | "none"
     mean: tuple[float, ...] = ()  # filled in from the training images (or ImageNet's)
-    std: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()  # per channel; filled like mean
     weight_map: bool = True  # the paper's border weight map, when instance labels exist
-    weight_map_w0: float = 10.0
+    weight_map_w0: float = 10.0  # weight of the border term
     weight_map_sigma: float = 5.0  # pixels
     num_workers: int | None = None  # None: chosen from the core count
 
@@ -79,11 +79,11 @@ class AugmentConfig:
     Geometric changes are composed into one sampling grid and applied in one resampling.
     """
 
-    enabled: bool = True
-    flip: bool = True
-    rot90: bool = True
+    enabled: bool = True  # any augmentation at all
+    flip: bool = True  # random horizontal and vertical flips
+    rot90: bool = True  # random 90-degree rotations (square crops)
     rotate_deg: float = 15.0  # uniform in [-rotate_deg, rotate_deg]
-    scale: tuple[float, float] = (0.85, 1.15)
+    scale: tuple[float, float] = (0.85, 1.15)  # zoom range
     translate: float = 0.05  # fraction of the side
     elastic: bool = True  # the paper's elastic deformation
     elastic_grid: int = 3  # coarse displacement grid, points per side
@@ -102,38 +102,38 @@ class LossConfig:
     dice_ce for multi-class)."""
 
     name: str = "auto"
-    dice_include_background: bool = False
-    focal_gamma: float = 2.0
+    dice_include_background: bool = False  # multi-class Dice loss counts class 0 too
+    focal_gamma: float = 2.0  # focal loss focusing exponent
     dice_weight: float = 1.0  # weight of the Dice term in the combined losses
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = 1e-4  # learning rate
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
     momentum: float = 0.99  # SGD (the paper's)
     schedule: str = "cosine"  # "cosine" | "poly" | "plateau" | "step" | "none"
-    warmup_epochs: int = 1
-    poly_power: float = 0.9
-    step_size: int = 30
-    step_gamma: float = 0.1
-    grad_clip: float | None = 1.0
+    warmup_epochs: int = 1  # cosine: linear warm-up length
+    poly_power: float = 0.9  # poly: lr * (1 - step/total) ** power
+    step_size: int = 30  # step: epochs between lr drops
+    step_gamma: float = 0.1  # step: lr factor at each drop
+    grad_clip: float | None = 1.0  # max gradient norm; none to disable
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 4
+    epochs: int = 30  # total epochs (with --resume: the new total)
+    batch_size: int = 4  # training crops per step (per process under torchrun)
     steps_per_epoch: int | None = None  # None: one pass over the training images
-    seed: int = 0
+    seed: int = 0  # the same seed on the same machine gives the same metrics
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
     channels_last: bool | None = None  # None: chosen for the device
-    compile: bool = False
-    sync_batchnorm: bool = False
-    out: str = "runs/unetkit"
-    resume: bool = False
+    compile: bool = False  # torch.compile the model
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
+    out: str = "runs/unetkit"  # run folder: checkpoints, metrics.csv, figures
+    resume: bool = False  # continue from OUT/checkpoints/last
     plot_every: int = 5  # epochs between figure updates
     num_preview: int = 4  # validation images drawn in predictions.png
 

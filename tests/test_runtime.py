@@ -1,0 +1,56 @@
+"""The fast-settings selection and the launcher's process set-up."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from unetkit import runtime
+from unetkit.cli import _find_tcmalloc
+
+
+def test_cpu_precision_follows_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.select_precision(cpu) == torch.bfloat16
+    assert runtime.select_channels_last(cpu, torch.bfloat16, None) is True
+    # Without native bf16 (AVX2-only CPUs) bf16 is emulated and slow: plain fp32.
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.select_precision(cpu) == torch.float32
+    assert runtime.select_channels_last(cpu, torch.float32, None) is False
+
+
+def test_forced_precision_and_errors():
+    cpu = torch.device("cpu")
+    assert runtime.select_precision(cpu, "fp32") == torch.float32
+    assert runtime.select_precision(cpu, "bf16") == torch.bfloat16
+    assert runtime.select_channels_last(cpu, torch.float32, True) is True
+    with pytest.raises(ValueError, match="fp16"):
+        runtime.select_precision(cpu, "fp16")
+    with pytest.raises(ValueError, match="precision"):
+        runtime.select_precision(cpu, "int8")
+
+
+def test_runtime_without_torchrun_is_single_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rt = runtime.make_runtime("cpu", "fp32")
+    assert (rt.rank, rt.world_size, rt.is_main, rt.distributed) == (0, 1, True, False)
+    with rt.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_launcher_sets_allocator_and_thread_policy():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "OMP_WAIT_POLICY", "UNETKIT_RELAUNCHED")}
+    run = subprocess.run([sys.executable, "-m", "unetkit", "info"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    expected = "tcmalloc" if _find_tcmalloc() else "glibc malloc"
+    assert f"allocator: {expected}" in run.stdout
+    assert "OMP_WAIT_POLICY: PASSIVE" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "unetkit", "info"],
+                         env=dict(env, UNETKIT_NO_TCMALLOC="1"), capture_output=True,
+                         text=True, timeout=120)
+    assert "allocator: glibc malloc" in run.stdout
