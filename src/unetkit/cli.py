@@ -186,6 +186,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_files
+
+    result = predict_files(
+        args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
+        batch_size=args.batch_size, tta=args.tta, save_probabilities=args.probabilities,
+        save_overlay=args.overlay, device=args.device, progress=not args.quiet)
+    print(f"wrote {len(result['written'])} mask(s) to {result['out_dir']}"
+          + (f"; {len(result['failed'])} file(s) failed (listed above)"
+             if result["failed"] else ""))
+    return 1 if result["failed"] else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder, format_table
+
+    csv_path = args.csv or str(Path(args.checkpoint) / "evaluation.csv")
+    summary = evaluate_folder(
+        args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
+        tile=args.tile, batch_size=args.batch_size, tta=args.tta, device=args.device,
+        progress=not args.quiet)
+    print(format_table(summary))
+    print(f"per-image scores: {csv_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    size = tuple(args.size) if args.size else None
+    result = export_model(args.checkpoint, args.format, args.out,
+                          example_size=size if size is None or len(size) == 2 else size[0],
+                          opset=args.opset, atol=args.atol)
+    diff = result["max_abs_diff"]
+    print(f"exported {result['format']} to {result['path']} (traced at "
+          f"{result['input_size']}, verified at {result['verify_size']}: "
+          f"max abs difference {diff:.2e})" if diff is not None else
+          f"exported {result['format']} to {result['path']} (not verified)")
+    return 0
+
+
+def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="checkpoint folder, e.g. runs/demo/checkpoints/best")
+    p.add_argument("--tile", type=int, help="output tile side in pixels (default: 388 for "
+                   "a valid-padding U-Net, else 512)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--tta", action="store_true",
+                   help="average over flips and 90-degree rotations")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
     from .data.synthetic import write_demo_data
 
@@ -228,6 +281,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("predict", help="segment images of any size with a checkpoint",
+                       description="Segment images (files or folders) tile by tile, at "
+                       "bounded memory. Writes OUT/NAME.png masks (class indices; 0/255 "
+                       "for binary), optional probability maps and overlays.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_tiling_flags(p)
+    p.add_argument("--overlap", type=float,
+                   help="same-padding models: tile overlap fraction (default 0.5)")
+    p.add_argument("--probabilities", choices=("tiff", "npy"),
+                   help="also write class probabilities (float32, K x H x W)")
+    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a folder of images and masks",
+                       description="Dice, IoU, precision and recall per class, per image and "
+                       "overall, for DATA/images + DATA/masks; printed and written as CSV.")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder with images/, masks/")
+    p.add_argument("--csv", metavar="FILE", help="default: CKPT/evaluation.csv")
+    p.add_argument("--hausdorff", action="store_true",
+                   help="also the 95%% Hausdorff distance (pixels) per foreground class")
+    _add_tiling_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, verified",
+                       description="Export with dynamic batch, height and width, then run "
+                       "the export at another size and compare with PyTorch.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--size", type=int, nargs="+", metavar="N",
+                   help="trace size: one side or H W (default 64)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="largest allowed difference from PyTorch")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("info", help="show the device, precision and allocator in use")
     p.set_defaults(func=cmd_info)
 
@@ -253,9 +343,11 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
         # Bad input: a clear message, not a stack trace (UNETKIT_DEBUG=1 shows it).
-        if os.environ.get("UNETKIT_DEBUG"):
+        # Other RuntimeErrors are bugs and keep their traceback.
+        expected = not isinstance(err, RuntimeError) or type(err).__name__ == "ExportError"
+        if os.environ.get("UNETKIT_DEBUG") or not expected:
             raise
         print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
         return 2

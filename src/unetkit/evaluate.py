@@ -1,0 +1,213 @@
+"""Score a checkpoint on a folder of images with ground-truth masks.
+
+Per image and overall: Dice, IoU, precision and recall for every class, from confusion
+matrices (:mod:`unetkit.metrics`). The overall scores come from the SUM of the per-image
+confusion matrices (every pixel counts the same), not from averaging per-image scores,
+so a small image with one stray pixel does not weigh as much as a large one. The optional
+95% Hausdorff distance (pixels) is computed per image and foreground class; its overall
+value is the mean over the images where it is defined (both masks non-empty).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint
+from .data.io import IMAGE_SUFFIXES, DataError, read_image, read_mask
+from .inference import _default_device, normalize_image, predict
+from .metrics import confusion_matrix, hausdorff95, scores
+
+__all__ = ["evaluate_folder", "format_table", "find_pairs", "METRICS"]
+
+METRICS = ("dice", "iou", "precision", "recall")
+
+
+def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs from DATA_DIR/images and DATA_DIR/masks, matched by file stem
+    (the suffixes may differ, e.g. a .jpg image with a .png mask). Every image needs a mask;
+    masks without an image are ignored."""
+    data_dir = Path(data_dir)
+    image_dir, mask_dir = data_dir / "images", data_dir / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found; expected {data_dir} to hold "
+                            "images/ and masks/ with files of the same names")
+
+    def by_stem(folder: Path) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                if path.stem in found:
+                    raise DataError(f"{path}: another file with stem {path.stem!r} exists "
+                                    f"({found[path.stem].name}); expected one file per name")
+                found[path.stem] = path
+        return found
+
+    images, masks = by_stem(image_dir), by_stem(mask_dir)
+    if not images:
+        raise DataError(f"{image_dir}: no image files (expected suffixes "
+                        f"{', '.join(IMAGE_SUFFIXES)})")
+    missing = [stem for stem in images if stem not in masks]
+    if missing:
+        shown = ", ".join(images[s].name for s in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise DataError(f"{mask_dir}: no mask for {len(missing)} image(s): {shown}{more}; "
+                        "expected a mask with the same name as each image")
+    return [(images[stem], masks[stem]) for stem in images]
+
+
+def _class_names(names, count: int) -> list[str]:
+    names = [str(n) for n in names]
+    if len(names) != count:
+        names = [f"class{i}" for i in range(count)]
+    return names
+
+
+def _row(name: str, result: dict, class_names: list[str], hd_names: list[str] | None) -> dict:
+    """One CSV row: per-class scores, their foreground means and pixel accuracy."""
+    row: dict = {"image": name}
+    for metric in METRICS:
+        for cls, value in zip(class_names, result[metric]):
+            row[f"{metric}_{cls}"] = value
+    for metric in METRICS:
+        row[f"mean_{metric}"] = result[f"mean_{metric}"]
+    row["pixel_accuracy"] = result["pixel_accuracy"]
+    if hd_names is not None:
+        for cls, value in zip(hd_names, result["hd95"]):
+            row[f"hd95_{cls}"] = value
+        row["mean_hd95"] = result["mean_hd95"]
+    return row
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def evaluate_folder(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    out_csv: str | Path | None = None,
+    hausdorff: bool = False,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int = 4,
+    tta: bool = False,
+    autocast: bool | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict:
+    """Predict every image of DATA_DIR/images and score it against DATA_DIR/masks.
+
+    Masks are read with the checkpoint's settings (``data.num_classes``,
+    ``data.mask_encoding``, ``data.palette``; pixels equal to ``data.ignore_index`` are not
+    counted). ``hausdorff`` adds the 95% Hausdorff distance (pixels) of each foreground
+    class. Writes ``out_csv`` when given: one row per image, then a row "overall".
+
+    Returns {"class_names": [K names], "overall": scores, "per_image": [rows],
+    "confusion_matrix": (K, K) list (rows = truth), "images": count, "csv": path | None};
+    ``overall`` and each row hold per-class lists under "dice", "iou", "precision",
+    "recall" (and "hd95" over the foreground classes), plus their "mean_*" and
+    "pixel_accuracy" (see :func:`unetkit.metrics.scores`; NaN = undefined).
+    """
+    run_device = torch.device(device) if device is not None else _default_device()
+    model, config = load_checkpoint(checkpoint, device=run_device)
+    pairs = find_pairs(data_dir)
+    data = config.data
+    num_classes = max(config.model.out_channels, 2)
+    if data.num_classes != num_classes:
+        raise DataError(f"checkpoint {checkpoint}: data.num_classes={data.num_classes} but "
+                        f"the model predicts {num_classes} classes "
+                        f"(model.out_channels={config.model.out_channels})")
+    class_names = _class_names(data.class_names, num_classes)
+    hd_names = class_names[1:] if hausdorff else None
+
+    total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    per_image: list[dict] = []
+    csv_rows: list[dict] = []
+    for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="image",
+                                      disable=not progress, file=sys.stderr):
+        raw = read_image(image_path)
+        if raw.shape[0] != config.model.in_channels:
+            raise DataError(f"{image_path}: image has {raw.shape[0]} channel(s), expected "
+                            f"{config.model.in_channels} (the checkpoint's model.in_channels)")
+        mask = read_mask(mask_path, num_classes, data.mask_encoding, dict(data.palette) or None,
+                         data.ignore_index)
+        if mask.shape != raw.shape[1:]:
+            raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
+                            f"{image_path.name} is {raw.shape[1]}x{raw.shape[2]}; expected "
+                            "the same height and width")
+        probs = predict(model, normalize_image(raw, config, image_path), tile=tile,
+                        overlap=overlap, batch_size=batch_size, tta=tta, autocast=autocast,
+                        device=run_device)
+        labels = probs.argmax(axis=0)
+        cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,
+                              data.ignore_index)
+        total += cm
+        result = scores(cm)
+        if hausdorff:
+            result["hd95"] = [hausdorff95(labels == c, mask == c) for c in range(1, num_classes)]
+            result["mean_hd95"] = _nanmean(result["hd95"])
+        result["image"] = image_path.stem
+        per_image.append(result)
+        csv_rows.append(_row(image_path.stem, result, class_names, hd_names))
+
+    overall = scores(total)
+    if hausdorff:
+        overall["hd95"] = [_nanmean([r["hd95"][i] for r in per_image])
+                           for i in range(num_classes - 1)]
+        overall["mean_hd95"] = _nanmean(overall["hd95"])
+    csv_rows.append(_row("overall", overall, class_names, hd_names))
+    if out_csv is not None:
+        out_csv = Path(out_csv)
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        with out_csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
+            writer.writeheader()
+            writer.writerows(csv_rows)
+    return {
+        "class_names": class_names,
+        "overall": overall,
+        "per_image": per_image,
+        "confusion_matrix": total.tolist(),
+        "images": len(pairs),
+        "csv": out_csv,
+    }
+
+
+def _fmt(value: float) -> str:
+    return "   n/a" if value is None or math.isnan(value) else f"{value:6.4f}"
+
+
+def format_table(summary: dict) -> str:
+    """The overall scores of :func:`evaluate_folder` as a plain-text table: one line per
+    class, then the foreground mean and the pixel accuracy."""
+    overall = summary["overall"]
+    names = summary["class_names"]
+    has_hd = "hd95" in overall
+    width = max(12, *(len(n) for n in names))
+    header = f"{'class':<{width}}" + "".join(f"{m:>11}" for m in METRICS)
+    if has_hd:
+        header += f"{'hd95 (px)':>11}"
+    lines = [f"{summary['images']} image(s)", header, "-" * len(header)]
+    for index, name in enumerate(names):
+        line = f"{name:<{width}}" + "".join(f"{_fmt(overall[m][index]):>11}" for m in METRICS)
+        if has_hd:
+            hd = overall["hd95"][index - 1] if index > 0 else None
+            line += f"{_fmt(hd) if hd is not None else '':>11}"
+        lines.append(line)
+    lines.append("-" * len(header))
+    mean = f"{'mean (fg)':<{width}}" + "".join(f"{_fmt(overall['mean_' + m]):>11}"
+                                               for m in METRICS)
+    if has_hd:
+        mean += f"{_fmt(overall['mean_hd95']):>11}"
+    lines.append(mean)
+    lines.append(f"pixel accuracy {_fmt(overall['pixel_accuracy']).strip()}")
+    return "\n".join(lines)
