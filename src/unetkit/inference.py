@@ -49,6 +49,7 @@ from .checkpoint import load_checkpoint, unwrap
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .data.io import IMAGE_SUFFIXES, DataError, read_image, write_image, write_mask
 from .models import ResNetUNet, UNet
+from .report import overlay
 
 __all__ = [
     "predict",
@@ -56,7 +57,6 @@ __all__ = [
     "blend_weight_sum",
     "normalize_image",
     "list_images",
-    "overlay",
     "DEFAULT_TILE",
     "DEFAULT_VALID_TILE",
 ]
@@ -66,19 +66,6 @@ DEFAULT_VALID_TILE = 388  # output tile side for valid-padding UNets (the paper'
 BLENDS = ("gaussian", "constant")
 PROBABILITY_FORMATS = ("tiff", "npy")
 
-# Class colours for overlays (class 0, background, is not drawn): tab10-like, RGB in [0, 1].
-OVERLAY_COLOURS = (
-    (0.0, 0.0, 0.0),
-    (1.0, 0.2, 0.2),
-    (0.2, 0.8, 0.2),
-    (0.25, 0.45, 1.0),
-    (1.0, 0.85, 0.1),
-    (0.8, 0.3, 0.9),
-    (0.1, 0.85, 0.85),
-    (1.0, 0.55, 0.1),
-    (0.6, 0.4, 0.2),
-    (1.0, 0.5, 0.75),
-)
 
 
 # --------------------------------------------------------------------------- tile plans
@@ -516,23 +503,6 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(3, H, W) float in [0, 1]: the image (grey, or its first 3 channels) with every
-    non-background class painted in its colour from ``OVERLAY_COLOURS`` at ``alpha``."""
-    image = np.asarray(image, dtype=np.float32)
-    rgb = np.repeat(image[:1], 3, axis=0) if image.shape[0] < 3 else image[:3].copy()
-    rgb = np.clip(rgb, 0.0, 1.0)
-    for cls in np.unique(labels):
-        if cls == 0:
-            continue
-        # Colours 1..9 repeat for classes beyond 9; 0 (black) is never used.
-        colour = OVERLAY_COLOURS[1 + (int(cls) - 1) % (len(OVERLAY_COLOURS) - 1)]
-        colour = np.asarray(colour, dtype=np.float32).reshape(3, 1)
-        where = labels == cls
-        rgb[:, where] = (1.0 - alpha) * rgb[:, where] + alpha * colour
-    return rgb
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -609,7 +579,8 @@ def predict_files(
             elif save_probabilities == "npy":
                 np.save(out_dir / f"{path.stem}_prob.npy", probs)
             if save_overlay:
-                write_image(out_dir / f"{path.stem}_overlay.png", overlay(raw, labels))
+                painted = overlay(raw, labels, alpha=0.5, stretch=False)  # (H, W, 3)
+                write_image(out_dir / f"{path.stem}_overlay.png", painted.transpose(2, 0, 1))
             written.append(mask_path)
         except (DataError, ValueError, OSError, RuntimeError) as err:
             message = str(err)
