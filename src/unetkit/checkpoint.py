@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import Config, ModelConfig
 from .models import ResNetUNet, UNet
+from .models.fuse import fold_batchnorm as fold_conv_batchnorm
 
 WEIGHTS, CONFIG, METRICS, STATE = "model.safetensors", "config.json", "metrics.json", "state.pt"
 
@@ -94,9 +95,13 @@ def load_config(folder: str | Path) -> Config:
 
 
 def load_checkpoint(
-    folder: str | Path, device: str | torch.device = "cpu"
+    folder: str | Path, device: str | torch.device = "cpu", fold_batchnorm: bool = False
 ) -> tuple[nn.Module, Config]:
-    """The model (in eval mode, on ``device``) and the Config saved in ``folder``."""
+    """The model (in eval mode, on ``device``) and the Config saved in ``folder``.
+
+    ``fold_batchnorm=True`` folds each BatchNorm into the convolution before it: the same
+    outputs with fewer passes over memory, for prediction and export (not for training).
+    """
     folder = _check_folder(folder, need_state=False)
     config = load_config(folder)
     model = build_model(config.model, load_pretrained=False)
@@ -110,6 +115,8 @@ def load_checkpoint(
         raise CheckpointError(
             f"{folder / WEIGHTS}: weights do not match the model in {folder / CONFIG}: {err}"
         ) from err
+    if fold_batchnorm:
+        model = fold_conv_batchnorm(model)
     return model.to(device).eval(), config
 
 

@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_tiling_flags(p)
     p.add_argument("--overlap", type=float,
-                   help="same-padding models: tile overlap fraction (default 0.5)")
+                   help="same-padding models: tile overlap fraction (default 0.25)")
     p.add_argument("--probabilities", choices=("tiff", "npy"),
                    help="also write class probabilities (float32, K x H x W)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")

@@ -118,7 +118,7 @@ def evaluate_folder(
     "pixel_accuracy" (see :func:`unetkit.metrics.scores`; NaN = undefined).
     """
     run_device = torch.device(device) if device is not None else _default_device()
-    model, config = load_checkpoint(checkpoint, device=run_device)
+    model, config = load_checkpoint(checkpoint, device=run_device, fold_batchnorm=True)
     pairs = find_pairs(data_dir)
     data = config.data
     num_classes = max(config.model.out_channels, 2)

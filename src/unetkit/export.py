@@ -144,7 +144,7 @@ def export_model(
     if isinstance(checkpoint_or_model, nn.Module):
         net = copy.deepcopy(unwrap(checkpoint_or_model)).cpu().float().eval()
     else:
-        net, _ = load_checkpoint(checkpoint_or_model, device="cpu")
+        net, _ = load_checkpoint(checkpoint_or_model, device="cpu", fold_batchnorm=True)
     in_channels = getattr(net, "in_channels", None)
     if not isinstance(in_channels, int):
         raise ValueError(f"cannot tell the input channels of {type(net).__name__}; expected "
