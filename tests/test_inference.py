@@ -321,3 +321,15 @@ def test_tta_and_bf16_autocast_on_a_valid_unet():
     assert tta.shape == bf16.shape == (2, 30, 41) and bf16.dtype == np.float32
     np.testing.assert_allclose(tta.sum(0), 1.0, atol=1e-5)
     assert 1e-4 < np.abs(bf16 - plain).max() < 0.05  # bf16 did run, and stays close
+
+
+def test_channels_last_layout_gives_the_same_probabilities():
+    from unetkit.models import ResNetUNet
+
+    torch.manual_seed(0)
+    model = ResNetUNet(3, depth=18, decoder_channels=(16, 16, 8, 8, 4)).eval()
+    image = torch.randn(3, 70, 90)
+    plain = predict(model, image, tile=64, channels_last=False)
+    fast = predict(model, image, tile=64, channels_last=True)
+    assert model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(plain, fast, atol=1e-5)

@@ -50,6 +50,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .data.io import IMAGE_SUFFIXES, DataError, read_image, write_image, write_mask
 from .models import ResNetUNet, UNet
 from .report import overlay
+from .runtime import select_precision
 
 __all__ = [
     "predict",
@@ -213,10 +214,12 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dt
 
 
 def _autocast_dtype(autocast: bool | None, device: torch.device) -> torch.dtype | None:
-    """bf16, or None for no autocast. None (auto): bf16 on a CUDA device that supports it,
-    plain fp32 on the CPU (bf16 on the CPU is only faster with native bf16 instructions)."""
+    """The autocast dtype, or None for none. None (auto): what training picks for the
+    device (:func:`unetkit.runtime.select_precision`): bf16 on CUDA with bf16 and on CPUs
+    with native bf16, else fp32 (emulated bf16 on other CPUs is far slower)."""
     if autocast is None:
-        autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = select_precision(device, "auto")
+        return None if dtype == torch.float32 else dtype
     return torch.bfloat16 if autocast else None
 
 
@@ -308,6 +311,7 @@ def predict(
     out: torch.Tensor | np.ndarray | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    channels_last: bool | None = None,
 ) -> torch.Tensor | np.ndarray:
     """Class probabilities for an image of any size, predicted tile by tile.
 
@@ -328,8 +332,8 @@ def predict(
         batch_size: tiles per forward pass; with the tile side it sets the memory used.
         tta: average over the 8 flips/90-degree rotations of each tile (only the 4 flips
             and the 180-degree rotation for a non-square tile), each undone on the output.
-        autocast: True for bf16 autocast, False for fp32; None: bf16 on a CUDA device that
-            supports it, fp32 on the CPU.
+        autocast: True for bf16 autocast, False for fp32; None: bf16 where the hardware
+            computes it natively (CUDA, CPUs with AVX-512 BF16 / AMX), else fp32.
         blend: "gaussian" (weights ``exp(-d^2 / (2 sigma^2))``, ``sigma = sigma_scale *
             tile``) or "constant" (plain average over overlapping tiles).
         out: optional preallocated float array/tensor (K, H, W) to write into, e.g. a
@@ -337,6 +341,9 @@ def predict(
         device: where the network runs; default the model's device. The model is moved
             there if needed.
         progress: show a tqdm bar over tile batches.
+        channels_last: run in channels_last memory layout (None: yes on CPU and CUDA,
+            where oneDNN / cuDNN have their fastest kernels for it). The model's
+            parameters are converted in place (same values, other layout).
 
     Returns:
         (K, H, W) float32 probabilities, K = max(out_channels, 2): softmax over K classes,
@@ -395,6 +402,8 @@ def predict(
     if not model_dtype.is_floating_point:
         model_dtype = torch.float32
     amp_dtype = _autocast_dtype(autocast, run_device)
+    if channels_last is None:
+        channels_last = run_device.type in ("cpu", "cuda")
     # Where the output lives: beside the image, or wherever the caller's ``out`` tensor is.
     home = torch.device("cpu") if is_numpy else image.device
     if isinstance(out, torch.Tensor):
@@ -407,6 +416,10 @@ def predict(
     result = out
     was_training = model.training
     model.eval()
+    if channels_last:
+        # Measured 1.2-1.3x faster inference on every model here, CPU fp32 included
+        # (benchmarks/results); the parameters keep their values, only their layout.
+        model.to(memory_format=torch.channels_last)
     try:
         for batch in _batches(tiles, batch_size):
             pieces = [_gather(image, rows, cols, rows.starts[r], cols.starts[c])
@@ -414,6 +427,8 @@ def predict(
             # np.stack copies into a new writable array (a read-only memmap cannot be shared).
             x = torch.from_numpy(np.stack(pieces)) if is_numpy else torch.stack(pieces)
             x = x.to(device=run_device, dtype=model_dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             probs = _forward_probabilities(model, x, tta, amp_dtype, same_size=not valid)
             probs = probs.to(home)
             if acc is None:
