@@ -236,12 +236,23 @@ def test_focal_gamma_two_by_hand():
 def test_combined_losses_are_weighted_sums():
     x, t = bin_tensors()
     w = weight_tensor()
-    expected = BCELoss()(x, t, w) + 0.5 * DiceLoss()(x, t, w)
+    # The weight map weights the cross-entropy term only; Dice counts each pixel once.
+    expected = BCELoss()(x, t, w) + 0.5 * DiceLoss()(x, t)
     assert DiceBCELoss(dice_weight=0.5)(x, t, w).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert DiceLoss()(x, t, w).item() != pytest.approx(DiceLoss()(x, t).item())
     xm, tm = mc_tensors()
-    expected_m = CELoss()(xm, tm, w) + 2.0 * DiceLoss(include_background=True)(xm, tm, w)
+    expected_m = CELoss()(xm, tm, w) + 2.0 * DiceLoss(include_background=True)(xm, tm)
     got = DiceCELoss(dice_weight=2.0, include_background=True)(xm, tm, w)
     assert got.item() == pytest.approx(expected_m.item(), rel=1e-6)
+
+
+def test_target_check_can_be_turned_off():
+    x, t = bin_tensors()
+    loss = BCELoss()
+    with pytest.raises(ValueError, match="target holds value"):
+        loss(x, t * 255)
+    loss.check_targets = False
+    loss(x, t)  # no host sync, no check
 
 
 ALL_BINARY = [BCELoss, DiceLoss, FocalLoss, DiceBCELoss]

@@ -38,6 +38,14 @@ def test_pretrained_true_loads_from_torch_home(tmp_path, monkeypatch):
         assert torch.equal(value, state[key]), key
 
 
+def test_files_without_batchnorm_counters_load(tmp_path):
+    state = write_torchvision_file(tmp_path, 18)
+    older = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(older, tmp_path / "old.pth")
+    model = ResNetUNet(1, pretrained=tmp_path / "old.pth", depth=18)
+    assert torch.equal(model.encoder.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+
+
 def test_pretrained_path_and_same_outputs_as_the_classifier(tmp_path):
     state = write_torchvision_file(tmp_path, 34, seed=1)
     path = tmp_path / TORCHVISION_FILES[34]

@@ -85,9 +85,52 @@ def test_valid_padding_and_multiclass_train(tmp_path):
     prepared = prepare_config(cfg)
     assert prepared.data.num_classes == 4 and prepared.model.out_channels == 4
     assert prepared.data.patch_size == 52  # the next size a depth-2 valid U-Net takes
+    assert prepared.data.context == 20  # the depth-2 valid U-Net's margin
     result = train(cfg, progress=False)
     assert len(result.history) == 1
-    assert "val_dice_class3" in result.history[0] or len(result.history[0]) > 10
+    assert {"val_dice_small_round_nucleus", "val_dice_bright_speckled_cell"} <= set(
+        result.history[0])
+
+
+def test_valid_padding_crops_reach_the_image_border():
+    """With the mirrored context, the output window of a crop can cover border pixels."""
+    import numpy as np
+
+    from unetkit.data.folder import Item, SegmentationDataset
+
+    mask = np.zeros((64, 64), np.int64)
+    mask[:3, :] = 1  # only the top border rows are foreground
+    item = Item(name="x", image=np.random.rand(1, 64, 64).astype(np.float32), mask=mask,
+                instances=None)
+    seen = {}
+    for context in (0, 20):
+        cfg = dataclasses.replace(Config().data, patch_size=52, context=context,
+                                  normalize="none", weight_map=False,
+                                  foreground_oversample=0.0)
+        ds = SegmentationDataset([item], cfg, train=True, seed=0)
+        hits = 0
+        for i in range(60):
+            out = ds[i]["mask"][20:32, 20:32]  # what a margin-20 network predicts
+            hits += int(out.sum() > 0)
+        seen[context] = hits
+    # Without context a 52 px crop's centre (rows 20..31 at most) never reaches row 2.
+    assert seen[0] == 0 and seen[20] > 0
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=2)
+    cfg.optim = dataclasses.replace(cfg.optim, schedule="cosine", warmup_epochs=0)
+    train(cfg, progress=False)
+    cfg.train = dataclasses.replace(cfg.train, epochs=4, resume=True)
+    history = train(cfg, progress=False).history
+    lrs = [row["lr"] for row in history]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    # After the resume the learning rate follows the 4-epoch schedule (a saved cosine or
+    # poly total would restart it, or keep it at its end): falling, to the floor.
+    whole = train(dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, resume=False, out=str(tmp_path / "whole"))), progress=False).history
+    assert lrs[2:] == pytest.approx([row["lr"] for row in whole][2:], rel=1e-9)
+    assert lrs[2] > lrs[3] == pytest.approx(cfg.optim.lr * 0.01, rel=1e-6)
 
 
 def test_forward_whole_covers_every_pixel_for_valid_padding():

@@ -61,6 +61,7 @@ class DataConfig:
     ignore_index: int | None = None  # mask value that no loss or metric counts
     val_fraction: float = 0.2  # used when ROOT/train and ROOT/val do not exist
     patch_size: int = 256  # training crop, pixels (input side for valid padding)
+    context: int = 0  # mirrored border around each training crop, pixels (auto: valid U-Net)
     foreground_oversample: float = 0.33  # probability that a crop is centred on foreground
     # "auto": ImageNet's statistics for a pretrained encoder, else the training images'
     normalize: str = "auto"  # "auto" | "dataset" | "imagenet" | "none"

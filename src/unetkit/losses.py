@@ -38,7 +38,8 @@ _CROP_HINT = (
 
 
 def _prepare(
-    logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int | None
+    logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int | None,
+    check_targets: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Check the inputs and return (logits float32, target int64, w float32 (B, H, W)).
 
@@ -73,8 +74,8 @@ def _prepare(
         valid = torch.ones_like(target, dtype=torch.bool)
     else:
         valid = target != ignore_index
-    bad = valid & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):  # the one host sync: silently wrong losses are worse
+    bad = valid & ((target < 0) | (target >= num_classes)) if check_targets else None
+    if bad is not None and bool(bad.any()):  # the one host sync: silently wrong losses are worse
         found = target[bad].unique()[:5].tolist()
         task = "a binary task (1 logit)" if num_logits == 1 else f"{num_classes} logits"
         raise ValueError(
@@ -158,11 +159,14 @@ class _SegmentationLoss(nn.Module):
     def __init__(self, ignore_index: int | None = None) -> None:
         super().__init__()
         self.ignore_index = ignore_index
+        #: check target values on every call (one host sync). The trainer turns it off
+        #: after its first step: the data were already checked file by file before.
+        self.check_targets = True
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """logits (B, C, H, W) float, target (B, H, W) int64, weight (B, H, W) float or None
         -> scalar float32 loss."""
-        x, t, w = _prepare(logits, target, weight, self.ignore_index)
+        x, t, w = _prepare(logits, target, weight, self.ignore_index, self.check_targets)
         return self._loss(x, t, w)
 
     def _loss(self, x: Tensor, t: Tensor, w: Tensor) -> Tensor:  # pragma: no cover
@@ -262,7 +266,10 @@ class DiceBCELoss(_SegmentationLoss):
     def _loss(self, x: Tensor, t: Tensor, w: Tensor) -> Tensor:
         _require_logits(x, binary=True, loss_name="DiceBCELoss")
         bce = _weighted_mean(_bce_map(x, t), w)
-        return bce + self.dice_weight * _soft_dice_loss(x, t, w, False, self.smooth)
+        # The weight map weights the cross-entropy only (the paper's use); Dice counts
+        # every labelled pixel once: w > 0 is exactly the non-ignored pixels.
+        labelled = (w > 0).to(w.dtype)
+        return bce + self.dice_weight * _soft_dice_loss(x, t, labelled, False, self.smooth)
 
     def extra_repr(self) -> str:
         return f"dice_weight={self.dice_weight}, smooth={self.smooth}, {super().extra_repr()}"
@@ -286,7 +293,8 @@ class DiceCELoss(_SegmentationLoss):
     def _loss(self, x: Tensor, t: Tensor, w: Tensor) -> Tensor:
         _require_logits(x, binary=False, loss_name="DiceCELoss")
         ce = _weighted_mean(_ce_map(x, t), w)
-        dice = _soft_dice_loss(x, t, w, self.include_background, self.smooth)
+        labelled = (w > 0).to(w.dtype)  # as in DiceBCELoss: the weight map is for CE only
+        dice = _soft_dice_loss(x, t, labelled, self.include_background, self.smooth)
         return ce + self.dice_weight * dice
 
     def extra_repr(self) -> str:

@@ -80,20 +80,11 @@ def select_channels_last(device: torch.device, dtype: torch.dtype, flag: bool | 
     return device.type == "cuda" or dtype != torch.float32
 
 
-def configure_threads() -> None:
-    """Make OpenMP threads yield instead of spin when they wait, unless the user chose.
-
-    With OpenMP's default (spinning) wait policy, one other busy process on a 2-core
-    machine made training 7.7x slower: spinning threads steal the core the others need.
-    Must run before torch starts its thread pool (the launcher in cli.py calls it early).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def init_distributed() -> tuple[int, int, int]:
+def init_distributed(device: str = "auto") -> tuple[int, int, int]:
     """Join the process group when started by torchrun; returns (rank, world, local rank).
 
-    gloo on the CPU, nccl on CUDA: PyTorch's own engine, nothing home-made.
+    gloo on the CPU, nccl on CUDA (following ``device``): PyTorch's own engine, nothing
+    home-made.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -101,7 +92,8 @@ def init_distributed() -> tuple[int, int, int]:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
@@ -110,7 +102,7 @@ def init_distributed() -> tuple[int, int, int]:
 
 def make_runtime(device: str = "auto", precision: str = "auto",
                  channels_last: bool | None = None) -> Runtime:
-    rank, world, local_rank = init_distributed()
+    rank, world, local_rank = init_distributed(device)
     dev = select_device(device, local_rank)
     dtype = select_precision(dev, precision)
     return Runtime(dev, dtype, select_channels_last(dev, dtype, channels_last),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler, RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -37,7 +37,7 @@ from .data.transforms import Augmenter
 from .losses import build_loss
 from .metrics import MetricTracker, logits_to_labels
 from .models.blocks import center_crop
-from .models.unet import nearest_valid_sizes, valid_output_size
+from .models.unet import nearest_valid_sizes, valid_margin, valid_output_size
 from .report import MetricsLog, plot_curves, plot_predictions
 from .runtime import Runtime, make_runtime
 
@@ -67,6 +67,9 @@ def prepare_config(config: Config) -> Config:
             below, above = nearest_valid_sizes(data.patch_size, model.depth)
             # Round up: the paper's tiles are valid sizes; a near size changes little.
             data = dataclasses.replace(data, patch_size=above)
+        data = dataclasses.replace(data, context=valid_margin(model.depth))
+    else:
+        data = dataclasses.replace(data, context=0)
     return dataclasses.replace(config, data=data, model=model)
 
 
@@ -112,18 +115,28 @@ def _make_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 def _make_scheduler(optimizer, cfg, epochs: int, steps: int):
     """(scheduler, stepped per batch?). Per-batch schedules change smoothly even in short
-    runs; reduce-on-plateau needs the validation score, so it steps per epoch."""
+    runs; reduce-on-plateau needs the validation score, so it steps per epoch.
+
+    Cosine and poly are LambdaLR factors of the step and the CURRENT total, so resuming
+    with more epochs stretches the schedule instead of restarting or stopping it (a
+    CosineAnnealingLR/PolynomialLR would keep the old total from its saved state).
+    """
     sched = torch.optim.lr_scheduler
     total = max(1, epochs * steps)
     if cfg.schedule == "cosine":
         warm = min(cfg.warmup_epochs * steps, total - 1)
-        cosine = sched.CosineAnnealingLR(optimizer, T_max=total - warm, eta_min=cfg.lr * 0.01)
-        if warm <= 0:
-            return cosine, True
-        ramp = sched.LinearLR(optimizer, start_factor=0.05, total_iters=warm)
-        return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warm]), True
+        floor = 0.01  # the final lr, as a fraction of cfg.lr
+
+        def cosine(step: int) -> float:
+            if step < warm:  # linear warm-up from 5% of the lr
+                return 0.05 + 0.95 * step / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return sched.LambdaLR(optimizer, cosine), True
     if cfg.schedule == "poly":
-        return sched.PolynomialLR(optimizer, total_iters=total, power=cfg.poly_power), True
+        return sched.LambdaLR(
+            optimizer, lambda step: max(0.0, 1 - step / total) ** cfg.poly_power), True
     if cfg.schedule == "step":
         return sched.StepLR(optimizer, step_size=cfg.step_size * steps, gamma=cfg.step_gamma), True
     if cfg.schedule == "plateau":
@@ -168,8 +181,9 @@ def train(config: Config, progress: bool = True) -> TrainResult:
     rt = make_runtime(tc.device, tc.precision, tc.channels_last)
     torch.manual_seed(tc.seed)
 
-    train_ds, val_ds, data_cfg = build_datasets(
-        config.data, tc.seed, pretrained=bool(config.model.pretrained))
+    # ImageNet statistics only for an ImageNet-pretrained encoder (normalize "auto").
+    imagenet = config.model.arch == "resnet_unet" and bool(config.model.pretrained)
+    train_ds, val_ds, data_cfg = build_datasets(config.data, tc.seed, pretrained=imagenet)
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
     config = dataclasses.replace(config, data=data_cfg, model=model_cfg)
     K, ignore = data_cfg.num_classes, data_cfg.ignore_index
@@ -187,19 +201,21 @@ def train(config: Config, progress: bool = True) -> TrainResult:
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     step_model = torch.compile(model) if tc.compile else model
 
+    # With steps_per_epoch, sample "virtual" indices 0..steps*batch-1: the dataset wraps
+    # them onto its images with a different random crop each, so no crop repeats.
+    virtual = range(tc.steps_per_epoch * tc.batch_size) if tc.steps_per_epoch else train_ds
     if rt.distributed:
-        sampler = DistributedSampler(train_ds, rt.world_size, rt.rank, shuffle=True,
+        sampler = DistributedSampler(virtual, rt.world_size, rt.rank, shuffle=True,
                                      seed=tc.seed, drop_last=True)
-        val_sampler = DistributedSampler(val_ds, rt.world_size, rt.rank, shuffle=False)
+    elif tc.steps_per_epoch:
+        sampler = RandomSampler(virtual, generator=torch.Generator())
     else:
         sampler = None
-        if tc.steps_per_epoch:
-            sampler = RandomSampler(train_ds, replacement=False,
-                                    num_samples=tc.steps_per_epoch * tc.batch_size,
-                                    generator=torch.Generator())
-        val_sampler = None
     loader = make_loader(train_ds, tc.batch_size, True, tc.seed, rt.device, sampler=sampler)
-    val_loader = make_loader(val_ds, 1, False, tc.seed, rt.device, sampler=val_sampler)
+    # Validation: every rank scores its own share, no image twice (a DistributedSampler
+    # would pad with repeats and bias the summed confusion matrix).
+    val_part = Subset(val_ds, range(rt.rank, len(val_ds), rt.world_size))
+    val_loader = make_loader(val_part, 1, False, tc.seed, rt.device)
     steps = len(loader)
     if steps == 0:
         raise ValueError(f"no training batch: {len(train_ds)} training images for batch size "
@@ -209,14 +225,12 @@ def train(config: Config, progress: bool = True) -> TrainResult:
     optimizer = _make_optimizer(model.parameters(), config.optim)
     scheduler, per_step = _make_scheduler(optimizer, config.optim, tc.epochs, steps)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
-    augmenter = Augmenter(config.augment, seed=tc.seed + 7919 * rt.rank)
+    augmenter = Augmenter(config.augment, seed=tc.seed)
     start_epoch, best_dice = 1, -math.inf
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        augmenter.load_state_dict(state["augmenter"])
-        torch.set_rng_state(state["torch_rng"])
         start_epoch, best_dice = int(state["epoch"]) + 1, float(state["best_dice"])
 
     if rt.is_main:
@@ -232,6 +246,11 @@ def train(config: Config, progress: bool = True) -> TrainResult:
     previews: list = []
     for epoch in range(start_epoch, tc.epochs + 1):
         model.train()
+        # Every random stream restarts from (seed, rank, epoch): a resumed run, on any
+        # number of ranks, draws exactly what the uninterrupted run would have drawn.
+        stream = (tc.seed * 1_000_003 + rt.rank * 7919 + epoch) % 2**62
+        augmenter.generator.manual_seed(stream)
+        torch.manual_seed(stream + 1)  # dropout
         train_ds.set_epoch(epoch)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -263,6 +282,7 @@ def train(config: Config, progress: bool = True) -> TrainResult:
             scaler.update()
             if per_step:
                 scheduler.step()
+            criterion.check_targets = False  # checked once; avoids a host sync per step
             loss_sum += loss.detach()
             seen += image.shape[0]
             if show and (i % 5 == 4 or i == steps - 1):  # a host sync only every few steps
@@ -275,7 +295,7 @@ def train(config: Config, progress: bool = True) -> TrainResult:
 
         want_previews = rt.is_main and (epoch % tc.plot_every == 0 or epoch == tc.epochs)
         val_loss, scores, previews = _validate(
-            model, val_loader, criterion, K, ignore, rt, tc.num_preview if want_previews else 0)
+            unwrap(model), val_loader, criterion, K, ignore, rt, tc.num_preview if want_previews else 0)
         if not per_step:
             scheduler.step(scores["mean_dice"] if not math.isnan(scores["mean_dice"]) else 0.0)
         dice = scores["mean_dice"]
@@ -293,12 +313,11 @@ def train(config: Config, progress: bool = True) -> TrainResult:
             log.append(row)
             resume_state = {
                 "epoch": epoch, "best_dice": best_dice, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "augmenter": augmenter.state_dict(), "torch_rng": torch.get_rng_state()}
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
             metrics = {"epoch": epoch, **scores, "val_loss": val_loss}
             save_checkpoint(last_dir, model, config, metrics, resume_state)
-            if improved:
-                save_checkpoint(best_dir, model, config, metrics)
+            if improved:  # also resumable: fine-tune from the best epoch with --resume
+                save_checkpoint(best_dir, model, config, metrics, resume_state)
             if want_previews:
                 plot_curves(log.rows, out / "curves.png")
                 plot_predictions(previews, out / "predictions.png",

@@ -454,12 +454,23 @@ class SegmentationDataset(Dataset):
 
     def _random_crop(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
                      weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        size = self.cfg.patch_size
+        size, context = self.cfg.patch_size, self.cfg.context
+        # Valid padding: the network sees `context` pixels around the output it predicts.
+        # Mirroring the image by that much first (the paper's overlap-tile extension) lets
+        # the output window reach every pixel, borders included, not only the centre.
+        pad = ((context, context), (context, context))
+        fg_mask = mask
+        if context:
+            image = np.pad(image, ((0, 0), *pad), mode="reflect")
+            mask, weight = np.pad(mask, pad, mode="reflect"), np.pad(weight, pad, mode="reflect")
         image, mask, weight = _pad_to(size, image, mask, weight)
         height, width = mask.shape
         centre = None
         if rng.random() < self.cfg.foreground_oversample:
-            centre = self._foreground_pixel(rng, mask)
+            centre = self._foreground_pixel(rng, fg_mask)
+            if centre is not None:
+                centre = (centre[0] + context + (height - fg_mask.shape[0] - 2 * context) // 2,
+                          centre[1] + context + (width - fg_mask.shape[1] - 2 * context) // 2)
         if centre is None:
             top = int(rng.integers(0, height - size + 1))
             left = int(rng.integers(0, width - size + 1))

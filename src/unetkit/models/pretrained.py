@@ -110,7 +110,9 @@ def load_resnet_weights(resnet: nn.Module, path: str | os.PathLike) -> None:
     if "conv1.weight" in state:
         state["conv1.weight"] = adapt_first_conv(state["conv1.weight"], resnet.in_channels)
     own = {k for k in resnet.state_dict() if not k.startswith("fc.")}
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    # Older files have no BatchNorm step counters; load_state_dict fills those in.
+    missing = sorted(k for k in own - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - own)
     if missing or unexpected:
         raise ValueError(
             f"{path}: not a ResNet-{resnet.depth} weight file in torchvision's layout "
@@ -123,4 +125,4 @@ def load_resnet_weights(resnet: nn.Module, path: str | os.PathLike) -> None:
                 f"{path}: {key} has shape {tuple(state[key].shape)}, "
                 f"expected {tuple(value.shape)} for ResNet-{resnet.depth}"
             )
-    resnet.load_state_dict(state, strict=not hasattr(resnet, "fc"))
+    resnet.load_state_dict(state, strict=False)  # every other key was checked above

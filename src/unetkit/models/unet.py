@@ -148,10 +148,7 @@ class UNet(nn.Module):
 
     def margin(self) -> int:
         """Pixels lost on each side (valid padding): (input - output) / 2; 0 for same."""
-        if self.padding == "same":
-            return 0
-        size = self.valid_input_size(1)
-        return (size - self.output_size(size)) // 2
+        return 0 if self.padding == "same" else valid_margin(self.depth)
 
     def _check_valid(self, height: int, width: int) -> None:
         for name, side in (("height", height), ("width", width)):
@@ -179,6 +176,12 @@ def valid_output_size(size: int, depth: int) -> int | None:
     for _ in range(depth):
         size = size * 2 - 4
     return size if size > 0 else None
+
+
+def valid_margin(depth: int) -> int:
+    """Pixels a valid-padding U-Net of ``depth`` loses on each side: (input - output) / 2."""
+    size = next(s for s in range(1, 2 ** (depth + 3) * 4) if valid_output_size(s, depth))
+    return (size - valid_output_size(size, depth)) // 2
 
 
 def nearest_valid_sizes(size: int, depth: int) -> tuple[int | None, int]:
