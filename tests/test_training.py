@@ -100,7 +100,7 @@ def test_valid_padding_crops_reach_the_image_border():
 
     mask = np.zeros((64, 64), np.int64)
     mask[:3, :] = 1  # only the top border rows are foreground
-    item = Item(name="x", image=np.random.rand(1, 64, 64).astype(np.float32), mask=mask,
+    item = Item(name="x", image=np.random.default_rng(0).random((1, 64, 64), np.float32), mask=mask,
                 instances=None)
     seen = {}
     for context in (0, 20):

@@ -294,8 +294,8 @@ def train(config: Config, progress: bool = True) -> TrainResult:
         train_loss = _reduce_mean(loss_sum, steps, rt)
 
         want_previews = rt.is_main and (epoch % tc.plot_every == 0 or epoch == tc.epochs)
-        val_loss, scores, previews = _validate(
-            unwrap(model), val_loader, criterion, K, ignore, rt, tc.num_preview if want_previews else 0)
+        val_loss, scores, previews = _validate(unwrap(model), val_loader, criterion, K, ignore,
+                                               rt, tc.num_preview if want_previews else 0)
         if not per_step:
             scheduler.step(scores["mean_dice"] if not math.isnan(scores["mean_dice"]) else 0.0)
         dice = scores["mean_dice"]
