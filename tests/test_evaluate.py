@@ -123,7 +123,13 @@ def test_missing_mask_and_size_mismatch_name_the_files(tmp_path):
     with pytest.raises(DataError, match="no mask for 1 image.*nuclei_001.png"):
         evaluate_folder(ckpt, data, progress=False)
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(data / "masks" / "nuclei_001.png")
-    with pytest.raises(DataError, match="nuclei_001.png: mask is 8x8 but image"):
+    # A bad pair is listed and the others are still scored.
+    summary = evaluate_folder(ckpt, data, progress=False)
+    assert summary["images"] == 1 and len(summary["failed"]) == 1
+    path, message = summary["failed"][0]
+    assert path.name == "nuclei_001.png" and "mask is 8x8 but image" in message
+    (data / "images" / "nuclei_000.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match="no image could be evaluated"):
         evaluate_folder(ckpt, data, progress=False)
 
 

@@ -24,6 +24,7 @@ FLAG_NAMES = {("augment", "enabled"): "augment", ("loss", "name"): "loss",
               ("data", "root"): "data", ("train", "out"): "out"}
 # Set from the data (image channels, number of classes), not by the user.
 DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("data", "context")}
+AUTOCAST = {"auto": None, "fp32": False, "bf16": True}  # --precision -> predict(autocast=)
 SECTIONS = ("model", "data", "augment", "loss", "optim", "train")
 
 
@@ -197,7 +198,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict_files(
         args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-        batch_size=args.batch_size, tta=args.tta, save_probabilities=args.probabilities,
+        batch_size=args.batch_size, tta=args.tta, autocast=AUTOCAST[args.precision],
+        save_probabilities=args.probabilities,
         save_overlay=args.overlay, device=args.device, progress=not args.quiet)
     print(f"wrote {len(result['written'])} mask(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
@@ -208,14 +210,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, format_table
 
-    csv_path = args.csv or str(Path(args.checkpoint) / "evaluation.csv")
+    csv_path = args.csv or str(_default_evaluation_csv(Path(args.checkpoint)))
     summary = evaluate_folder(
         args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
-        tile=args.tile, batch_size=args.batch_size, tta=args.tta, device=args.device,
-        progress=not args.quiet)
+        tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
+        autocast=AUTOCAST[args.precision], device=args.device, progress=not args.quiet)
     print(format_table(summary))
     print(f"per-image scores: {csv_path}")
-    return 0
+    return 1 if summary["failed"] else 0
+
+
+def _default_evaluation_csv(checkpoint: Path) -> Path:
+    """RUN/evaluation.csv for RUN/checkpoints/NAME (not inside the checkpoint folder, which
+    the next save replaces); else evaluation.csv here."""
+    if checkpoint.resolve().parent.name == "checkpoints":
+        return checkpoint.resolve().parent.parent / "evaluation.csv"
+    return Path("evaluation.csv")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -225,11 +235,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_model(args.checkpoint, args.format, args.out,
                           example_size=size if size is None or len(size) == 2 else size[0],
                           opset=args.opset, atol=args.atol)
-    diff = result["max_abs_diff"]
-    print(f"exported {result['format']} to {result['path']} (traced at "
-          f"{result['input_size']}, verified at {result['verify_size']}: "
-          f"max abs difference {diff:.2e})" if diff is not None else
-          f"exported {result['format']} to {result['path']} (not verified)")
+    if result["max_abs_diff"] is None:  # export_model prints the verified difference
+        print(f"exported {result['format']} to {result['path']} (not verified)")
     return 0
 
 
@@ -241,6 +248,10 @@ def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
                    help="average over flips and 90-degree rotations")
+    p.add_argument("--overlap", type=float,
+                   help="same-padding models: tile overlap fraction (default 0.25)")
+    p.add_argument("--precision", choices=tuple(AUTOCAST), default="auto",
+                   help="auto: bf16 only where the hardware computes it natively")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -294,8 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_tiling_flags(p)
-    p.add_argument("--overlap", type=float,
-                   help="same-padding models: tile overlap fraction (default 0.25)")
     p.add_argument("--probabilities", choices=("tiff", "npy"),
                    help="also write class probabilities (float32, K x H x W)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")

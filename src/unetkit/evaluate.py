@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint
 from .data.io import IMAGE_SUFFIXES, DataError, read_image, read_mask
-from .inference import _default_device, normalize_image, predict
+from .inference import normalize_image, predict
 from .metrics import confusion_matrix, hausdorff95, scores
+from .runtime import select_device
 
 __all__ = ["evaluate_folder", "format_table", "find_pairs", "METRICS"]
 
@@ -117,7 +118,7 @@ def evaluate_folder(
     "recall" (and "hd95" over the foreground classes), plus their "mean_*" and
     "pixel_accuracy" (see :func:`unetkit.metrics.scores`; NaN = undefined).
     """
-    run_device = torch.device(device) if device is not None else _default_device()
+    run_device = select_device(device or "auto")
     model, config = load_checkpoint(checkpoint, device=run_device, fold_batchnorm=True)
     pairs = find_pairs(data_dir)
     data = config.data
@@ -132,32 +133,28 @@ def evaluate_folder(
     total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     per_image: list[dict] = []
     csv_rows: list[dict] = []
+    failed: list[tuple[Path, str]] = []
     for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="image",
                                       disable=not progress, file=sys.stderr):
-        raw = read_image(image_path)
-        if raw.shape[0] != config.model.in_channels:
-            raise DataError(f"{image_path}: image has {raw.shape[0]} channel(s), expected "
-                            f"{config.model.in_channels} (the checkpoint's model.in_channels)")
-        mask = read_mask(mask_path, num_classes, data.mask_encoding, dict(data.palette) or None,
-                         data.ignore_index)
-        if mask.shape != raw.shape[1:]:
-            raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
-                            f"{image_path.name} is {raw.shape[1]}x{raw.shape[2]}; expected "
-                            "the same height and width")
-        probs = predict(model, normalize_image(raw, config, image_path), tile=tile,
-                        overlap=overlap, batch_size=batch_size, tta=tta, autocast=autocast,
-                        device=run_device)
-        labels = probs.argmax(axis=0)
-        cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,
-                              data.ignore_index)
+        try:
+            result, cm = _score_one(model, config, image_path, mask_path, num_classes,
+                                    hausdorff, dict(tile=tile, overlap=overlap,
+                                                    batch_size=batch_size, tta=tta,
+                                                    autocast=autocast, device=run_device))
+        except (DataError, ValueError, OSError) as err:
+            # One bad pair does not stop the others; all failures are listed at the end.
+            failed.append((image_path, str(err)))
+            continue
         total += cm
-        result = scores(cm)
-        if hausdorff:
-            result["hd95"] = [hausdorff95(labels == c, mask == c) for c in range(1, num_classes)]
-            result["mean_hd95"] = _nanmean(result["hd95"])
-        result["image"] = image_path.stem
         per_image.append(result)
         csv_rows.append(_row(image_path.stem, result, class_names, hd_names))
+    if failed:
+        print(f"{len(failed)} of {len(pairs)} image(s) could not be evaluated:",
+              file=sys.stderr)
+        for path, message in failed:
+            print(f"  {path}: {message}", file=sys.stderr)
+    if not per_image:
+        raise DataError(f"{data_dir}: no image could be evaluated (see the list above)")
 
     overall = scores(total)
     if hausdorff:
@@ -177,9 +174,36 @@ def evaluate_folder(
         "overall": overall,
         "per_image": per_image,
         "confusion_matrix": total.tolist(),
-        "images": len(pairs),
+        "images": len(per_image),
+        "failed": failed,
         "csv": out_csv,
     }
+
+
+def _score_one(model, config, image_path: Path, mask_path: Path, num_classes: int,
+               hausdorff: bool, predict_args: dict) -> tuple[dict, torch.Tensor]:
+    """Scores and confusion matrix of one image against its mask."""
+    data = config.data
+    raw = read_image(image_path)
+    if raw.shape[0] != config.model.in_channels:
+        raise DataError(f"{image_path}: image has {raw.shape[0]} channel(s), expected "
+                        f"{config.model.in_channels} (the checkpoint's model.in_channels)")
+    mask = read_mask(mask_path, num_classes, data.mask_encoding, dict(data.palette) or None,
+                     data.ignore_index)
+    if mask.shape != raw.shape[1:]:
+        raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
+                        f"{image_path.name} is {raw.shape[1]}x{raw.shape[2]}; expected "
+                        "the same height and width")
+    probs = predict(model, normalize_image(raw, config, image_path), **predict_args)
+    labels = probs.argmax(axis=0)
+    cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,
+                          data.ignore_index)
+    result = scores(cm)
+    if hausdorff:
+        result["hd95"] = [hausdorff95(labels == c, mask == c) for c in range(1, num_classes)]
+        result["mean_hd95"] = _nanmean(result["hd95"])
+    result["image"] = image_path.stem
+    return result, cm
 
 
 def _fmt(value: float) -> str:

@@ -47,10 +47,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, unwrap
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
-from .data.io import IMAGE_SUFFIXES, DataError, read_image, write_image, write_mask
+from .data.io import IMAGE_SUFFIXES, DataError, overlay, read_image, write_image, write_mask
 from .models import ResNetUNet, UNet
-from .report import overlay
-from .runtime import select_precision
+from .runtime import select_device, select_precision
 
 __all__ = [
     "predict",
@@ -343,7 +342,7 @@ def predict(
         progress: show a tqdm bar over tile batches.
         channels_last: run in channels_last memory layout (None: yes on CPU and CUDA,
             where oneDNN / cuDNN have their fastest kernels for it). The model's
-            parameters are converted in place (same values, other layout).
+            parameters are converted for the run and back afterwards.
 
     Returns:
         (K, H, W) float32 probabilities, K = max(out_channels, 2): softmax over K classes,
@@ -449,6 +448,8 @@ def predict(
     finally:
         bar.close()
         model.train(was_training)
+        if channels_last:  # hand the caller's model back in its usual layout
+            model.to(memory_format=torch.contiguous_format)
     return result
 
 
@@ -520,10 +521,6 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def predict_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -557,7 +554,7 @@ def predict_files(
     if save_probabilities not in (None, *PROBABILITY_FORMATS):
         raise ValueError(f"save_probabilities must be None or one of {PROBABILITY_FORMATS}, "
                          f"got {save_probabilities!r}")
-    run_device = torch.device(device) if device is not None else _default_device()
+    run_device = select_device(device or "auto")
     model, config = load_checkpoint(checkpoint, device=run_device, fold_batchnorm=True)
     files = list_images(inputs)
     if not files:
