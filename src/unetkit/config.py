@@ -140,6 +140,18 @@ class TrainConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """Defaults of tiled prediction (``predict``, ``unetkit predict`` / ``evaluate``)."""
+
+    tile: int = 512  # output tile side for same-size models, pixels
+    valid_tile: int = 388  # output tile side of a valid-padding U-Net (the paper: 572 -> 388)
+    overlap: float = 0.25  # fraction of the tile shared by neighbours (same-size models)
+    blend: str = "gaussian"  # "gaussian" | "constant"
+    sigma_scale: float = 0.125  # Gaussian sigma as a fraction of the tile side
+    batch_size: int = 4  # tiles per forward pass: with the tile, it bounds the memory
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

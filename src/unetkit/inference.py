@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, unwrap
-from .config import IMAGENET_MEAN, IMAGENET_STD, Config
+from .config import IMAGENET_MEAN, IMAGENET_STD, Config, InferenceConfig
 from .data.io import IMAGE_SUFFIXES, DataError, overlay, read_image, write_image, write_mask
 from .models import ResNetUNet, UNet
 from .runtime import select_device, select_precision
@@ -61,8 +61,9 @@ __all__ = [
     "DEFAULT_VALID_TILE",
 ]
 
-DEFAULT_TILE = 512  # tile side for same-size models, pixels
-DEFAULT_VALID_TILE = 388  # output tile side for valid-padding UNets (the paper's 572 -> 388)
+_DEFAULTS = InferenceConfig()  # every default a user can change lives in config.py
+DEFAULT_TILE = _DEFAULTS.tile  # tile side for same-size models, pixels
+DEFAULT_VALID_TILE = _DEFAULTS.valid_tile  # output tile side for valid-padding UNets
 BLENDS = ("gaussian", "constant")
 PROBABILITY_FORMATS = ("tiff", "npy")
 
@@ -157,7 +158,7 @@ def blend_weight_sum(
     tile: int = DEFAULT_TILE,
     overlap: float = 0.5,
     blend: str = "gaussian",
-    sigma_scale: float = 0.125,
+    sigma_scale: float = _DEFAULTS.sigma_scale,
     multiple: int = 1,
 ) -> np.ndarray:
     """(height, width) float64: the sum over all tiles of the normalised blending weights
@@ -302,11 +303,11 @@ def predict(
     image: torch.Tensor | np.ndarray,
     tile: int | None = None,
     overlap: float | None = None,
-    batch_size: int = 4,
+    batch_size: int = _DEFAULTS.batch_size,
     tta: bool = False,
     autocast: bool | None = None,
     blend: str = "gaussian",
-    sigma_scale: float = 0.125,
+    sigma_scale: float = _DEFAULTS.sigma_scale,
     out: torch.Tensor | np.ndarray | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -374,7 +375,7 @@ def predict(
         # A quarter (MONAI's default) rather than nnU-Net's half: half overlap computes
         # every pixel 4 times, a quarter 1.8 times, and Gaussian weights already keep
         # tile borders out of the result.
-        overlap = 0.25
+        overlap = _DEFAULTS.overlap
     _check_blend(blend, overlap, sigma_scale)
     if tile is None:
         tile = DEFAULT_VALID_TILE if valid else DEFAULT_TILE
@@ -527,7 +528,7 @@ def predict_files(
     out_dir: str | Path,
     tile: int | None = None,
     overlap: float | None = None,
-    batch_size: int = 4,
+    batch_size: int = _DEFAULTS.batch_size,
     tta: bool = False,
     autocast: bool | None = None,
     save_probabilities: str | None = None,
