@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/unetkit train --config configs/demo.yaml --out $(OUT)
+	$(BIN)/unetkit train --config configs/demo.yaml --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests models train.py benchmarks

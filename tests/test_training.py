@@ -157,7 +157,11 @@ def test_cli_trains_on_a_folder_and_reports_bad_data(tmp_path, capsys):
 
     Image.fromarray(np.full((48, 48), 7, np.uint8)).save(data / "masks" / "nuclei_000.png")
     before = (out / "checkpoints" / "best" / "model.safetensors").read_bytes()
+    # Training into a folder that holds a run needs --resume or --overwrite.
     code = main(["train", "--data", str(data), "--epochs", "1", "--out", str(out), "--quiet"])
+    assert code == 2 and "already holds a training run" in capsys.readouterr().err
+    code = main(["train", "--data", str(data), "--epochs", "1", "--out", str(out), "--quiet",
+                 "--overwrite"])
     err = capsys.readouterr().err
     assert code == 2 and "nuclei_000.png" in err and "7" in err
     assert (out / "checkpoints" / "best" / "model.safetensors").read_bytes() == before
@@ -178,6 +182,13 @@ def test_config_file_and_flags(tmp_path):
     bad.write_text('{"model": {"featurez": 3}}')
     with pytest.raises(ValueError, match="featurez"):
         config_from_args(build_parser().parse_args(["train", "--config", str(bad)]))
+    # YAML 1.1 reads 3e-4 as text: it is still a number; a wrong type is named.
+    path.write_text("optim:\n  lr: 3e-4\nmodel:\n  features: eight\n")
+    with pytest.raises(ValueError, match="model.features: expected a whole number, got 'eight'"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(path)]))
+    path.write_text("optim:\n  lr: 3e-4\n")
+    assert config_from_args(build_parser().parse_args(
+        ["train", "--config", str(path)])).optim.lr == pytest.approx(3e-4)
 
 
 @pytest.mark.slow

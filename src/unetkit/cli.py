@@ -189,7 +189,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     config = config_from_args(args)
-    train(config, progress=not args.quiet)
+    try:
+        train(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        last = Path(config.train.out) / "checkpoints" / "last"
+        print(f"\ninterrupted: the last finished epoch is saved in {last}; continue with "
+              f"the same command and --resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -135,6 +135,7 @@ class TrainConfig:
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
     out: str = "runs/unetkit"  # run folder: checkpoints, metrics.csv, figures
     resume: bool = False  # continue from OUT/checkpoints/last
+    overwrite: bool = False  # start afresh in an OUT that already holds a run
     plot_every: int = 5  # epochs between figure updates
     num_preview: int = 4  # validation images drawn in predictions.png
 
@@ -196,17 +197,54 @@ def _from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Turn JSON/YAML values into the declared type (lists -> tuples, nested dataclasses)."""
+    """Check a JSON/YAML value against the declared type and convert it: lists -> tuples,
+    nested dataclasses, numbers written as text ("3e-4": YAML 1.1 reads that as a string).
+    A value of the wrong type raises ValueError naming the setting, the value and the type.
+    """
     if dataclasses.is_dataclass(hint):
         return _from_dict(hint, value, where)
     origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(hint)):
             return None
-        for arg in args:
-            if typing.get_origin(arg) is tuple and isinstance(value, (list, tuple)):
-                return tuple(value)
+        errors = []
+        for arg in args:  # the first type that takes the value (bool before str)
+            try:
+                return _coerce(arg, value, where)
+            except ValueError as err:
+                errors.append(err)
+        raise errors[-1]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            kind = "a whole number" if hint is int else "a number"
+            raise ValueError(f"{where}: expected {kind}, got {value!r}")
+        if hint is int:
+            if float(number) != int(number):
+                raise ValueError(f"{where}: expected a whole number, got {value!r}")
+            return int(number)
+        return float(number)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected text, got {value!r}")
+        return value
     return value

@@ -173,9 +173,18 @@ def train(config: Config, progress: bool = True) -> TrainResult:
         # Continue the saved run exactly; only where it runs and for how long may change.
         keep = {k: getattr(config.train, k) for k in
                 ("epochs", "device", "out", "plot_every", "compile")}
+        if progress and config.train.epochs <= load_training_state(last_dir)["epoch"]:
+            tqdm.write(f"note: {last_dir} already finished epoch {config.train.epochs}; "
+                       "pass a larger --epochs to train on")
         config = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
                                                                        resume=True))
         state = load_training_state(last_dir)
+    elif last_dir.is_dir() and not config.train.overwrite:
+        # Never replace a finished or interrupted run by accident.
+        raise ValueError(
+            f"{out} already holds a training run ({last_dir}); use --resume to continue "
+            "it, another --out, or --overwrite to start again there")
+    requested = config
     config = prepare_config(config)
     tc = config.train
     rt = make_runtime(tc.device, tc.precision, tc.channels_last)
@@ -242,6 +251,11 @@ def train(config: Config, progress: bool = True) -> TrainResult:
         tqdm.write(f"unetkit: {model_cfg.arch} on {rt.device} ({_precision_name(rt)}), "
                    f"{len(train_ds)} training / {len(val_ds)} validation images, "
                    f"{steps} steps per epoch, writing to {out}")
+        if data_cfg.patch_size != requested.data.patch_size:
+            out_side = valid_output_size(data_cfg.patch_size, model_cfg.depth)
+            tqdm.write(f"note: patch size {requested.data.patch_size} is not a valid input "
+                       f"for this valid-padding U-Net; using {data_cfg.patch_size} (output "
+                       f"{out_side}x{out_side}, margin {data_cfg.context} px)")
 
     previews: list = []
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -260,8 +274,9 @@ def train(config: Config, progress: bool = True) -> TrainResult:
             loader.generator.manual_seed(tc.seed + epoch)
         loss_sum = torch.zeros((), device=rt.device)
         seen, start = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{tc.epochs}", disable=not show, leave=False,
-                   unit="batch", dynamic_ncols=True)
+        # disable=None: no bar when the output is not a terminal (logs stay readable).
+        bar = tqdm(loader, desc=f"epoch {epoch}/{tc.epochs}", disable=None if show else True,
+                   leave=False, unit="batch", dynamic_ncols=True)
         for i, batch in enumerate(bar):
             batch = augmenter(_move(batch, rt.device))
             image = batch["image"]
