@@ -57,7 +57,10 @@ def find_weights(depth: int, pretrained: bool | str | os.PathLike) -> Path:
             old = socket.getdefaulttimeout()
             socket.setdefaulttimeout(20)  # fail fast on machines without network
             try:
-                torch.hub.download_url_to_file(_URL + name, str(path), progress=True)
+                # torchvision's names end in the first 8 hex digits of the file's SHA-256.
+                digest = name.rsplit("-", 1)[1].split(".")[0]
+                torch.hub.download_url_to_file(_URL + name, str(path), hash_prefix=digest,
+                                               progress=True)
             finally:
                 socket.setdefaulttimeout(old)
             return path
