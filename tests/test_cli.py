@@ -62,3 +62,20 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     code = main(["predict", "--checkpoint", str(tmp_path / "nope"), str(tmp_path),
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "checkpoint folder not found" in capsys.readouterr().err
+
+
+def test_onnx_export_carries_normalisation_and_classes(trained, tmp_path):
+    import json
+
+    import onnx
+
+    _, ckpt = trained
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    from unetkit.checkpoint import load_config
+
+    config = load_config(ckpt)
+    assert json.loads(meta["mean"]) == pytest.approx(list(config.data.mean))
+    assert json.loads(meta["class_names"]) == ["background", "foreground"]
+    assert "sigmoid" in meta["output"]

@@ -28,6 +28,7 @@ one, with batch 2, against PyTorch; the largest absolute difference is returned 
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 
@@ -114,6 +115,28 @@ def _wrap(net: nn.Module) -> nn.Module:
     return net
 
 
+def _add_onnx_metadata(path: Path, config) -> None:
+    """What a user outside unetkit needs to feed the model: how to scale and normalise
+    the image, and what the output channels mean (ONNX metadata_props)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    data = config.data
+    binary = config.model.out_channels == 1
+    meta = {
+        "input": "image (N, C, H, W) float32 in [0, 1] by the file's bit depth, then "
+                 "(x - mean) / std per channel",
+        "mean": json.dumps(list(data.mean)), "std": json.dumps(list(data.std)),
+        "output": "logits (N, K, H, W): sigmoid > 0.5 = foreground" if binary else
+                  "logits (N, K, H, W): argmax over K = class index",
+        "class_names": json.dumps(list(data.class_names)),
+    }
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
 def export_model(
     checkpoint_or_model: str | Path | nn.Module,
     fmt: str,
@@ -141,10 +164,11 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {fmt!r}")
+    config = None
     if isinstance(checkpoint_or_model, nn.Module):
         net = copy.deepcopy(unwrap(checkpoint_or_model)).cpu().float().eval()
     else:
-        net, _ = load_checkpoint(checkpoint_or_model, device="cpu", fold_batchnorm=True)
+        net, config = load_checkpoint(checkpoint_or_model, device="cpu", fold_batchnorm=True)
     in_channels = getattr(net, "in_channels", None)
     if not isinstance(in_channels, int):
         raise ValueError(f"cannot tell the input channels of {type(net).__name__}; expected "
@@ -173,6 +197,8 @@ def export_model(
                 )
             except Exception as err:
                 raise ExportError(f"{out}: ONNX export failed: {err}") from err
+            if config is not None:
+                _add_onnx_metadata(out, config)
         else:
             with torch.no_grad():
                 # check_trace=False: the verification below runs another size anyway.

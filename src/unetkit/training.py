@@ -193,6 +193,8 @@ def train(config: Config, progress: bool = True) -> TrainResult:
     # ImageNet statistics only for an ImageNet-pretrained encoder (normalize "auto").
     imagenet = config.model.arch == "resnet_unet" and bool(config.model.pretrained)
     train_ds, val_ds, data_cfg = build_datasets(config.data, tc.seed, pretrained=imagenet)
+    if not data_cfg.class_names:  # names for reports, predictions and exports
+        data_cfg = dataclasses.replace(data_cfg, class_names=tuple(_class_names(data_cfg)))
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
     config = dataclasses.replace(config, data=data_cfg, model=model_cfg)
     K, ignore = data_cfg.num_classes, data_cfg.ignore_index
@@ -360,7 +362,10 @@ def _precision_name(rt: Runtime) -> str:
 
 
 def _class_names(cfg) -> list[str]:
+    """The configured names, else background/foreground (binary) or class1, class2, ..."""
     names = list(cfg.class_names)
+    if not names:
+        names = ["background"] + (["foreground"] if cfg.num_classes == 2 else [])
     return names + [f"class{i}" for i in range(len(names), cfg.num_classes)]
 
 
