@@ -14,7 +14,7 @@ from unetkit.checkpoint import CheckpointError, build_model, load_checkpoint, sa
 from unetkit.config import Config, DataConfig, ModelConfig
 from unetkit.data.io import DataError
 from unetkit.data.synthetic import write_demo_data
-from unetkit.evaluate import evaluate_folder, format_table
+from unetkit.evaluate import evaluate_folder, find_pairs, format_table
 from unetkit.inference import predict
 from unetkit.metrics import hausdorff95
 
@@ -137,3 +137,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     data = write_demo_data(tmp_path / "data", count=1, size=16, seed=0)
     with pytest.raises(CheckpointError, match="checkpoint folder not found"):
         evaluate_folder(tmp_path / "nope", data, progress=False)
+
+
+def test_training_layout_with_a_val_folder_scores_val(tmp_path):
+    root = tmp_path / "data"
+    write_demo_data(root / "val", count=2, size=16, seed=0)
+    pairs = find_pairs(root)
+    assert [p[0].parent for p in pairs] == [root / "val" / "images"] * 2

@@ -31,10 +31,13 @@ METRICS = ("dice", "iou", "precision", "recall")
 
 
 def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs from DATA_DIR/images and DATA_DIR/masks, matched by file stem
+    """(image, mask) pairs from DATA_DIR/images and DATA_DIR/masks (or DATA_DIR/val/...
+    for the training layout with a fixed split), matched by file stem
     (the suffixes may differ, e.g. a .jpg image with a .png mask). Every image needs a mask;
     masks without an image are ignored."""
     data_dir = Path(data_dir)
+    if not (data_dir / "images").is_dir() and (data_dir / "val" / "images").is_dir():
+        data_dir = data_dir / "val"  # the training layout ROOT/{train,val}: score val
     image_dir, mask_dir = data_dir / "images", data_dir / "masks"
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
