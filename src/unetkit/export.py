@@ -33,11 +33,12 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint, unwrap
-from .models import ResNetUNet, UNet
+from .models import UNet
+from .models.blocks import pad_to_multiple
+from .models.unet import nearest_valid_sizes
 
 __all__ = ["export_model", "SizeAgnostic", "ExportError", "FORMATS"]
 
@@ -62,10 +63,7 @@ class SizeAgnostic(nn.Module):
         self.multiple = multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        pad_h = (self.multiple - height % self.multiple) % self.multiple
-        pad_w = (self.multiple - width % self.multiple) % self.multiple
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        x, (height, width) = pad_to_multiple(x, self.multiple, always=True)
         return self.net(x)[..., :height, :width]
 
 
@@ -101,18 +99,14 @@ def _sizes(net: nn.Module, example_size) -> tuple[tuple[int, int], tuple[int, in
 
 def _valid_at_least(net: UNet, size: int) -> int:
     """The smallest valid input side >= ``size``."""
-    candidate = net.valid_input_size(1)
-    while candidate < size or net.output_size(candidate) is None:
-        candidate = net.valid_input_size(net.output_size(candidate) + 1)
-    return candidate
+    return size if net.output_size(size) else nearest_valid_sizes(size, net.depth)[1]
 
 
 def _wrap(net: nn.Module) -> nn.Module:
-    if isinstance(net, UNet) and net.padding == "same":
-        return SizeAgnostic(net, 2**net.depth)
-    if isinstance(net, ResNetUNet):
-        return SizeAgnostic(net, 32)
-    return net
+    if isinstance(net, UNet) and net.padding == "valid":
+        return net  # no internal padding: valid sizes only
+    multiple = getattr(net, "size_multiple", None)
+    return SizeAgnostic(net, multiple) if multiple else net
 
 
 def _add_onnx_metadata(path: Path, config) -> None:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, unwrap
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config, InferenceConfig
 from .data.io import IMAGE_SUFFIXES, DataError, overlay, read_image, write_image, write_mask
-from .models import ResNetUNet, UNet
+from .models import UNet
 from .runtime import select_device, select_precision
 
 __all__ = [
@@ -194,11 +194,7 @@ def _check_blend(blend: str, overlap: float, sigma_scale: float) -> None:
 
 def _size_multiple(net: nn.Module) -> int:
     """Input sides the model handles without internal padding (tiles are rounded to it)."""
-    if isinstance(net, UNet):
-        return 2**net.depth
-    if isinstance(net, ResNetUNet):
-        return 32
-    return 1
+    return getattr(net, "size_multiple", 1)
 
 
 def _is_valid_unet(net: nn.Module) -> bool:

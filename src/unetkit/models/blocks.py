@@ -67,10 +67,11 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def pad_to_multiple(
-    x: torch.Tensor, multiple: int, minimum: int = 1
+    x: torch.Tensor, multiple: int, minimum: int = 1, always: bool = False
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (B, C, H, W) on the bottom/right so H and W become multiples of ``multiple``
-    (and at least ``minimum``).
+    (and at least ``minimum``). ``always`` pads even by zero pixels, so that a traced
+    export keeps the padding step for the sizes that do need it.
 
     Edge pixels are replicated rather than zero-filled so the padded band looks like
     image, not like a dark frame; replication also works when the padding is wider than
@@ -79,7 +80,7 @@ def pad_to_multiple(
     height, width = x.shape[-2], x.shape[-1]
     pad_h = max((multiple - height % multiple) % multiple, minimum - height)
     pad_w = max((multiple - width % multiple) % multiple, minimum - width)
-    if pad_h or pad_w:
+    if always or pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     return x, (height, width)
 

@@ -84,6 +84,9 @@ class ResNetUNet(nn.Module):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
+    #: sides that need no internal padding: the encoder halves the resolution 5 times
+    size_multiple = 32
+
     def train(self, mode: bool = True) -> ResNetUNet:
         super().train(mode)
         if self.freeze_encoder:
@@ -92,7 +95,7 @@ class ResNetUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, "ResNetUNet")
-        x, (height, width) = pad_to_multiple(x, 32)
+        x, (height, width) = pad_to_multiple(x, self.size_multiple)
         feats = self.encoder.features(x)
         x = feats[-1]
         skips = list(reversed(feats[:-1])) + [None]

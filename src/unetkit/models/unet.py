@@ -104,7 +104,7 @@ class UNet(nn.Module):
         if self.padding == "same":
             # Instance norm cannot normalise a 1x1 bottleneck: give it at least 2x2.
             minimum = 2 ** (self.depth + 1) if self.norm == "instance" else 1
-            x, (height, width) = pad_to_multiple(x, 2**self.depth, minimum)
+            x, (height, width) = pad_to_multiple(x, self.size_multiple, minimum)
         else:
             self._check_valid(x.shape[-2], x.shape[-1])
         skips = []
@@ -124,6 +124,11 @@ class UNet(nn.Module):
         return x
 
     # -- size arithmetic --------------------------------------------------------------
+    @property
+    def size_multiple(self) -> int:
+        """Sides that need no internal padding (same padding): multiples of 2**depth."""
+        return 2**self.depth
+
     def output_size(self, input_size: int) -> int | None:
         """Output side for an input side, or None when the network cannot take it.
 
