@@ -13,8 +13,9 @@ from unetkit.checkpoint import CheckpointError, build_model, load_checkpoint, sa
 from unetkit.config import Config, DataConfig, ModelConfig
 from unetkit.data.io import DataError, read_mask
 from unetkit.data.synthetic import write_demo_data
-from unetkit.inference import _reflect_index, blend_weight_sum, predict, predict_files
+from unetkit.inference import blend_weight_sum, predict, predict_files
 from unetkit.models import UNet
+from unetkit.models.blocks import reflect_indices
 
 
 def softmax_np(logits: torch.Tensor) -> np.ndarray:
@@ -40,7 +41,7 @@ def test_reflect_index_matches_numpy_reflect_padding(size, start):
     after = max(0, start + length - size)
     padded = np.pad(np.arange(size), (before, after), mode="reflect")
     expected = padded[start + before : start + before + length]
-    assert np.array_equal(_reflect_index(start, length, size), expected)
+    assert np.array_equal(reflect_indices(start, length, size), expected)
 
 
 # --------------------------------------------------------------------------- overlap-tile

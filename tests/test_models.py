@@ -214,3 +214,16 @@ def test_freeze_encoder_keeps_batchnorm_statistics():
     assert torch.equal(model.encoder.bn1.running_mean, before)
     assert all(p.grad is None for p in model.encoder.parameters())
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_mirror_pad_matches_numpy_reflect_even_beyond_the_image():
+    import numpy as np
+
+    from unetkit.models.blocks import mirror_pad
+
+    x = torch.arange(15.0).reshape(1, 1, 3, 5)
+    got = mirror_pad(x, 2, 1, 4, 3).numpy()
+    assert np.array_equal(got, np.pad(x.numpy(), ((0, 0), (0, 0), (2, 1), (4, 3)), "reflect"))
+    wide = mirror_pad(x, 7, 0, 0, 0)  # wider than the image: reflected again
+    assert np.array_equal(wide.numpy(), np.pad(x.numpy(), ((0, 0), (0, 0), (7, 0), (0, 0)),
+                                               "reflect"))

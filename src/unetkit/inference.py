@@ -49,6 +49,7 @@ from .checkpoint import load_checkpoint, unwrap
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config, InferenceConfig
 from .data.io import IMAGE_SUFFIXES, DataError, overlay, read_image, write_image, write_mask
 from .models import UNet
+from .models.blocks import reflect_indices
 from .runtime import select_device, select_precision
 
 __all__ = [
@@ -117,18 +118,6 @@ def _plan_valid(size: int, tile: int, net: UNet) -> _Axis:
     count = 1 if size <= out_side else math.ceil((size - out_side) / step) + 1
     starts = tuple(i * step for i in range(count))
     return _Axis(size, starts, in_side, out_side, net.margin())
-
-
-def _reflect_index(start: int, length: int, size: int) -> np.ndarray:
-    """Indices ``start .. start+length-1`` mirrored into ``0 .. size-1`` like numpy's
-    ``np.pad(mode='reflect')`` (edge pixel not repeated), reflecting again as often as
-    needed when the range reaches further than the image is long."""
-    idx = np.arange(start, start + length)
-    if size == 1:
-        return np.zeros(length, dtype=np.int64)
-    period = 2 * (size - 1)
-    idx = np.mod(idx, period)
-    return np.where(idx >= size, period - idx, idx)
 
 
 def _axis_weight(side: int, blend: str, sigma_scale: float) -> np.ndarray:
@@ -276,8 +265,8 @@ def _gather(image, rows: _Axis, cols: _Axis, y0: int, x0: int):
     inside = top >= 0 and left >= 0 and top + h <= rows.size and left + w <= cols.size
     if inside:  # the common case: a plain slice, no copy of the rest of the image
         return image[:, top : top + h, left : left + w]
-    ridx = _reflect_index(top, h, rows.size)
-    cidx = _reflect_index(left, w, cols.size)
+    ridx = reflect_indices(top, h, rows.size)
+    cidx = reflect_indices(left, w, cols.size)
     if isinstance(image, torch.Tensor):
         ridx = torch.from_numpy(ridx).to(image.device)
         cidx = torch.from_numpy(cidx).to(image.device)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -36,7 +35,7 @@ from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
 from .losses import build_loss
 from .metrics import MetricTracker, logits_to_labels
-from .models.blocks import center_crop
+from .models.blocks import center_crop, mirror_pad
 from .models.unet import nearest_valid_sizes, valid_margin, valid_output_size
 from .report import MetricsLog, plot_curves, plot_predictions
 from .runtime import Runtime, make_runtime
@@ -73,20 +72,6 @@ def prepare_config(config: Config) -> Config:
     return dataclasses.replace(config, data=data, model=model)
 
 
-def _mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Extend (B,C,H,W) by mirroring, as the paper does; repeats the reflection when the
-    padding is wider than the image (one reflection can add at most side-1 pixels)."""
-    while top or bottom or left or right:
-        h, w = x.shape[-2], x.shape[-1]
-        t, b = min(top, h - 1), min(bottom, h - 1)
-        lft, r = min(left, w - 1), min(right, w - 1)
-        if h == 1 or w == 1:  # nothing to mirror: repeat the edge
-            return F.pad(x, (left, right, top, bottom), mode="replicate")
-        x = F.pad(x, (lft, r, t, b), mode="reflect")
-        top, bottom, left, right = top - t, bottom - b, left - lft, right - r
-    return x
-
-
 def forward_whole(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """Logits for a whole (B,C,H,W) image of any size, (B,K,H,W): same-padding models take
     it directly; a valid-padding U-Net gets the image mirrored by its margin (and up to
@@ -97,7 +82,7 @@ def forward_whole(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     height, width = image.shape[-2:]
     margin = plain.margin()
     in_h, in_w = plain.valid_input_size(height), plain.valid_input_size(width)
-    padded = _mirror_pad(image, margin, in_h - height - margin, margin, in_w - width - margin)
+    padded = mirror_pad(image, margin, in_h - height - margin, margin, in_w - width - margin)
     return model(padded)[..., :height, :width]
 
 

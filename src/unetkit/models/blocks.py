@@ -4,6 +4,7 @@ take any H x W."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,6 +84,26 @@ def pad_to_multiple(
     if always or pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     return x, (height, width)
+
+
+def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Indices ``start .. start+length-1`` mirrored into ``0 .. size-1`` like numpy's
+    ``np.pad(mode='reflect')`` (edge pixel not repeated), reflecting again as often as
+    needed when the range reaches further than the image is long."""
+    idx = np.arange(start, start + length)
+    if size == 1:
+        return np.zeros(length, dtype=np.int64)
+    period = 2 * (size - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= size, period - idx, idx)
+
+
+def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Extend (..., H, W) by mirroring (numpy's 'reflect'), as the paper extends images for
+    valid convolutions; any width, reflecting again where the padding exceeds the image."""
+    rows = torch.from_numpy(reflect_indices(-top, x.shape[-2] + top + bottom, x.shape[-2]))
+    cols = torch.from_numpy(reflect_indices(-left, x.shape[-1] + left + right, x.shape[-1]))
+    return x.index_select(-2, rows.to(x.device)).index_select(-1, cols.to(x.device))
 
 
 def init_kaiming(module: nn.Module) -> None:
