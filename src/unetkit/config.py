@@ -73,6 +73,17 @@ class DataConfig:
     num_workers: int | None = None  # None: chosen from the core count
 
 
+def class_names_of(data: DataConfig) -> list[str]:
+    """``data.class_names`` when they name every class, else background/foreground
+    (binary) or class0, class1, ... (the mask values)."""
+    names = [str(n) for n in data.class_names]
+    if len(names) == data.num_classes:
+        return names
+    if data.num_classes == 2:
+        return ["background", "foreground"]
+    return [f"class{i}" for i in range(data.num_classes)]
+
+
 @dataclass
 class AugmentConfig:
     """Random changes applied to each training batch, on the training device.

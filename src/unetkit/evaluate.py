@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint
+from .config import class_names_of
+from .data.folder import pair_folder
 from .data.io import IMAGE_SUFFIXES, DataError, read_image, read_mask
 from .inference import normalize_image, predict
 from .metrics import confusion_matrix, hausdorff95, scores
@@ -43,35 +45,21 @@ def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
         if not folder.is_dir():
             raise DataError(f"{folder}: folder not found; expected {data_dir} to hold "
                             "images/ and masks/ with files of the same names")
-
-    def by_stem(folder: Path) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                if path.stem in found:
-                    raise DataError(f"{path}: another file with stem {path.stem!r} exists "
-                                    f"({found[path.stem].name}); expected one file per name")
-                found[path.stem] = path
-        return found
-
-    images, masks = by_stem(image_dir), by_stem(mask_dir)
-    if not images:
+    # The dataset's own pairing; evaluation only needs image + mask (instances unused).
+    items = [item for item in pair_folder(data_dir) if item.image_path is not None]
+    problems = [item.problem for item in items if item.problem]
+    if problems:
+        raise DataError("; ".join(problems) + "; expected one file per name")
+    if not items:
         raise DataError(f"{image_dir}: no image files (expected suffixes "
                         f"{', '.join(IMAGE_SUFFIXES)})")
-    missing = [stem for stem in images if stem not in masks]
+    missing = [item.image_path.name for item in items if item.mask_path is None]
     if missing:
-        shown = ", ".join(images[s].name for s in missing[:10])
+        shown = ", ".join(missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise DataError(f"{mask_dir}: no mask for {len(missing)} image(s): {shown}{more}; "
                         "expected a mask with the same name as each image")
-    return [(images[stem], masks[stem]) for stem in images]
-
-
-def _class_names(names, count: int) -> list[str]:
-    names = [str(n) for n in names]
-    if len(names) != count:
-        names = [f"class{i}" for i in range(count)]
-    return names
+    return [(item.image_path, item.mask_path) for item in items]
 
 
 def _row(name: str, result: dict, class_names: list[str], hd_names: list[str] | None) -> dict:
@@ -130,7 +118,7 @@ def evaluate_folder(
         raise DataError(f"checkpoint {checkpoint}: data.num_classes={data.num_classes} but "
                         f"the model predicts {num_classes} classes "
                         f"(model.out_channels={config.model.out_channels})")
-    class_names = _class_names(data.class_names, num_classes)
+    class_names = class_names_of(data)
     hd_names = class_names[1:] if hausdorff else None
 
     total = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from .config import Config
+from .config import Config, class_names_of
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
 from .losses import build_loss
@@ -158,12 +158,12 @@ def train(config: Config, progress: bool = True) -> TrainResult:
         # Continue the saved run exactly; only where it runs and for how long may change.
         keep = {k: getattr(config.train, k) for k in
                 ("epochs", "device", "out", "plot_every", "compile")}
-        if progress and config.train.epochs <= load_training_state(last_dir)["epoch"]:
+        state = load_training_state(last_dir)
+        if progress and config.train.epochs <= state["epoch"]:
             tqdm.write(f"note: {last_dir} already finished epoch {config.train.epochs}; "
                        "pass a larger --epochs to train on")
         config = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
                                                                        resume=True))
-        state = load_training_state(last_dir)
     elif last_dir.is_dir() and not config.train.overwrite:
         # Never replace a finished or interrupted run by accident.
         raise ValueError(
@@ -179,7 +179,7 @@ def train(config: Config, progress: bool = True) -> TrainResult:
     imagenet = config.model.arch == "resnet_unet" and bool(config.model.pretrained)
     train_ds, val_ds, data_cfg = build_datasets(config.data, tc.seed, pretrained=imagenet)
     if not data_cfg.class_names:  # names for reports, predictions and exports
-        data_cfg = dataclasses.replace(data_cfg, class_names=tuple(_class_names(data_cfg)))
+        data_cfg = dataclasses.replace(data_cfg, class_names=tuple(class_names_of(data_cfg)))
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
     config = dataclasses.replace(config, data=data_cfg, model=model_cfg)
     K, ignore = data_cfg.num_classes, data_cfg.ignore_index
@@ -308,7 +308,7 @@ def train(config: Config, progress: bool = True) -> TrainResult:
                "val_precision": scores["mean_precision"], "val_recall": scores["mean_recall"],
                "val_pixel_accuracy": scores["pixel_accuracy"],
                **{f"val_dice_{name}": d for name, d in
-                  zip(_class_names(data_cfg), scores["dice"])},
+                  zip(class_names_of(data_cfg), scores["dice"])},
                "lr": optimizer.param_groups[0]["lr"], "seconds": train_time,
                "images_per_s": seen * rt.world_size / max(train_time, 1e-9)}
         if rt.is_main:
@@ -344,14 +344,6 @@ def _precision_name(rt: Runtime) -> str:
     name = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast",
             torch.float16: "fp16 autocast"}[rt.dtype]
     return name + (", channels_last" if rt.channels_last else "")
-
-
-def _class_names(cfg) -> list[str]:
-    """The configured names, else background/foreground (binary) or class1, class2, ..."""
-    names = list(cfg.class_names)
-    if not names:
-        names = ["background"] + (["foreground"] if cfg.num_classes == 2 else [])
-    return names + [f"class{i}" for i in range(len(names), cfg.num_classes)]
 
 
 def _validate(model, loader, criterion, num_classes, ignore, rt: Runtime, num_preview: int):

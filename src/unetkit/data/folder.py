@@ -118,7 +118,7 @@ def _list_files(folder: Path) -> dict[str, list[Path]]:
     return by_stem
 
 
-def _pair_folder(folder: Path) -> list[Item]:
+def pair_folder(folder: Path) -> list[Item]:
     """Pair folder/images, folder/masks and folder/instances by stem.
 
     Incomplete pairs are kept (image without mask, mask without image) so that
@@ -184,10 +184,10 @@ def find_items(root: str | Path, cfg: DataConfig, seed: int) -> tuple[list[Item]
         if missing:
             raise DataError(f"{root}: found a train/val layout but {missing[0] / 'images'} "
                             f"does not exist; {LAYOUT}")
-        return _pair_folder(train_dir), _pair_folder(val_dir)
+        return pair_folder(train_dir), pair_folder(val_dir)
     if not (root / "images").is_dir():
         raise DataError(f"{root}: no 'images' folder; {LAYOUT}")
-    return split_items(_pair_folder(root), cfg.val_fraction, seed)
+    return split_items(pair_folder(root), cfg.val_fraction, seed)
 
 
 # --------------------------------------------------------------------------- checks
