@@ -7,3 +7,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests never reach for the network: a missing weight file fails at once.
 os.environ.setdefault("UNETKIT_OFFLINE", "1")
+
+
+def pytest_report_header(config):
+    """Which precision "auto" means in this run: tests that compare numbers depend on it."""
+    import torch
+
+    from unetkit.runtime import PRECISION_ENV, precision_name, select_precision
+
+    dtype = select_precision(torch.device("cpu"))
+    chosen = os.environ.get(PRECISION_ENV) or "unset"
+    return f"unetkit: precision auto = {precision_name(dtype)} on this CPU ({PRECISION_ENV}={chosen})"

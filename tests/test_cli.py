@@ -50,6 +50,21 @@ def test_evaluate_writes_csv_and_table(trained, tmp_path, capsys):
     assert "dice" in capsys.readouterr().out.lower()
 
 
+def test_evaluate_skips_an_image_without_mask_and_exits_1(trained, tmp_path, capsys):
+    data, ckpt = trained
+    extra = data / "images" / "no_mask.png"
+    extra.write_bytes((data / "images" / "nuclei_000.png").read_bytes())
+    try:
+        code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--csv",
+                     str(tmp_path / "e.csv"), "--quiet"])
+    finally:
+        extra.unlink()
+    captured = capsys.readouterr()
+    assert code == 1 and "no_mask.png: no mask" in captured.err
+    rows = list(csv.DictReader((tmp_path / "e.csv").open()))
+    assert len(rows) == 7  # the 6 images with masks, then "overall"
+
+
 @pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "pt")])
 def test_export_is_verified(trained, tmp_path, capsys, fmt, suffix):
     _, ckpt = trained

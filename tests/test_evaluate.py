@@ -120,8 +120,11 @@ def test_missing_mask_and_size_mismatch_name_the_files(tmp_path):
     data = write_demo_data(tmp_path / "data", count=2, size=16, seed=0)
     ckpt = make_checkpoint(tmp_path / "ckpt")
     (data / "masks" / "nuclei_001.png").unlink()
-    with pytest.raises(DataError, match="no mask for 1 image.*nuclei_001.png"):
-        evaluate_folder(ckpt, data, progress=False)
+    # An image without a mask is listed and skipped; the others are scored (as predict).
+    summary = evaluate_folder(ckpt, data, progress=False)
+    assert summary["images"] == 1 and [p.name for p, _ in summary["failed"]] == [
+        "nuclei_001.png"]
+    assert "no mask" in summary["failed"][0][1]
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(data / "masks" / "nuclei_001.png")
     # A bad pair is listed and the others are still scored.
     summary = evaluate_folder(ckpt, data, progress=False)

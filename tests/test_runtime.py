@@ -12,6 +12,7 @@ from unetkit.cli import _find_tcmalloc
 
 
 def test_cpu_precision_follows_native_bf16(monkeypatch):
+    monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     assert runtime.select_precision(cpu) == torch.bfloat16
@@ -31,6 +32,26 @@ def test_forced_precision_and_errors():
         runtime.select_precision(cpu, "fp16")
     with pytest.raises(ValueError, match="precision"):
         runtime.select_precision(cpu, "int8")
+
+
+def test_environment_sets_auto_for_the_whole_process(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setenv("UNETKIT_PRECISION", "bf16")
+    assert runtime.select_precision(cpu) == torch.bfloat16
+    assert runtime.select_precision(cpu, "fp32") == torch.float32  # an explicit choice wins
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv("UNETKIT_PRECISION", "FP32")
+    assert runtime.select_precision(cpu) == torch.float32
+    assert runtime.make_runtime("cpu").dtype == torch.float32
+    monkeypatch.setenv("UNETKIT_PRECISION", "auto")
+    assert runtime.select_precision(cpu) == torch.bfloat16
+    monkeypatch.setenv("UNETKIT_PRECISION", "int8")
+    with pytest.raises(ValueError, match="UNETKIT_PRECISION=int8.*auto, fp32, bf16, fp16"):
+        runtime.select_precision(cpu)
+    monkeypatch.setenv("UNETKIT_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="UNETKIT_PRECISION=fp16: fp16 needs CUDA"):
+        runtime.select_precision(cpu)
 
 
 def test_runtime_without_torchrun_is_single_process(monkeypatch):

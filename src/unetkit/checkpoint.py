@@ -4,9 +4,11 @@
       model.safetensors   the weights (safetensors: loading runs no pickled code)
       config.json         the full Config: model, classes, normalisation, training settings
       metrics.json        epoch and validation scores when it was written
-      state.pt            optimizer, scheduler, epoch, RNG states for --resume
-                          (read with torch.load(weights_only=True): tensors and plain
-                          containers only, never arbitrary pickled objects)
+      state.pt            optimizer, scheduler, loss scaler, epoch and best Dice for
+                          --resume (random streams are not saved: they restart from the
+                          seed, the rank and the epoch); read with
+                          torch.load(weights_only=True): tensors and plain containers
+                          only, never arbitrary pickled objects
 
 A checkpoint is written into a temporary folder and renamed into place, so a crash while
 saving never destroys the previous checkpoint.
@@ -25,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import Config, ModelConfig
+from .divergence import nonfinite_tensors
+from .errors import writing
 from .models import ResNetUNet, UNet
 from .models.fuse import fold_batchnorm as fold_conv_batchnorm
 
@@ -65,18 +69,29 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder`` atomically (temporary sibling, then rename)."""
+    """Write ``folder`` atomically (temporary sibling, then rename).
+
+    Refuses (CheckpointError) weights with a NaN or inf, so a saved checkpoint is always
+    usable. A failed write (disk full...) raises WriteError and leaves the previous
+    checkpoint as it was, with no temporary folder behind.
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    bad = nonfinite_tensors(unwrap(model))
+    if bad:
+        raise CheckpointError(f"{folder}: not saved: {len(bad)} tensor(s) hold NaN or inf "
+                              f"({', '.join(bad[:3])})")
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    save_file(weights, str(tmp / WEIGHTS))
-    config.save(tmp / CONFIG)
-    (tmp / METRICS).write_text(json.dumps(_jsonable(metrics or {}), indent=2) + "\n")
-    if state is not None:
-        torch.save(state, tmp / STATE)
+    with writing("checkpoint", folder, cleanup=tmp):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        weights = {k: v.detach().cpu().contiguous()
+                   for k, v in unwrap(model).state_dict().items()}
+        save_file(weights, str(tmp / WEIGHTS))
+        config.save(tmp / CONFIG)
+        (tmp / METRICS).write_text(json.dumps(_jsonable(metrics or {}), indent=2) + "\n")
+        if state is not None:
+            torch.save(state, tmp / STATE)
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

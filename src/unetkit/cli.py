@@ -17,15 +17,16 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import Config
+from .config import SECTIONS, Config, InferenceConfig, flag_name
+from .errors import UserError
 
-# Flags whose setting name alone would be unclear or collide.
-FLAG_NAMES = {("augment", "enabled"): "augment", ("loss", "name"): "loss",
-              ("data", "root"): "data", ("train", "out"): "out"}
 # Set from the data (image channels, number of classes), not by the user.
 DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("data", "context")}
 AUTOCAST = {"auto": None, "fp32": False, "bf16": True}  # --precision -> predict(autocast=)
-SECTIONS = ("model", "data", "augment", "loss", "optim", "train")
+# Errors that are the user's to fix: printed as one line with exit code 2 (no traceback
+# unless --debug or UNETKIT_DEBUG=1). DataError, SettingError and CheckpointError are
+# ValueErrors; WriteError, DivergenceError and ExportError are UserErrors.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, ImportError)
 
 
 # -- process set-up -------------------------------------------------------------------
@@ -77,7 +78,7 @@ def allocator_name() -> str:
 
 # -- flags from the config dataclasses ------------------------------------------------
 def _flag(section: str, name: str) -> str:
-    return FLAG_NAMES.get((section, name), name).replace("_", "-")
+    return flag_name(section, name)[2:]
 
 
 def _parse_bool_or_path(text: str):
@@ -112,6 +113,9 @@ def _add_field(group, section: str, f: dataclasses.Field, hint, default, note: s
     flag = "--" + _flag(section, f.name)
     dest = f"{section}.{f.name}"
     shown = "{}" if isinstance(default, dict) else repr(default)
+    accepts = f.metadata.get("accepts")
+    if accepts is not None:
+        shown += f"; {accepts.describe()}"
     helptext = f"{note} (default: {shown})" if note else f"default: {shown}"
     helptext = helptext.replace("%", "%%")
     args = typing.get_args(hint)
@@ -199,9 +203,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_tiling_flags(args: argparse.Namespace) -> None:
+    """The tiling flags of predict/evaluate meet the ranges of InferenceConfig (SettingError
+    before any file is read)."""
+    given = {name: getattr(args, name) for name in ("tile", "overlap", "batch_size")
+             if getattr(args, name) is not None}
+    InferenceConfig(**given)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_files
 
+    check_tiling_flags(args)
     result = predict_files(
         args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, autocast=AUTOCAST[args.precision],
@@ -216,6 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, format_table
 
+    check_tiling_flags(args)
     csv_path = args.csv or str(_default_evaluation_csv(Path(args.checkpoint)))
     summary = evaluate_folder(
         args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
@@ -293,8 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unetkit", description="U-Net and ResNet-U-Net segmentation: train, predict, "
         "evaluate, export.")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also UNETKIT_DEBUG=1)")
 
-    p = sub.add_parser("train", help="train a model (on the built-in demo data without --data)",
+    p = sub.add_parser("train", parents=[common],
+                       help="train a model (on the built-in demo data without --data)",
                        description="Train a segmentation model. Without --data it trains on "
                        "the built-in generated nuclei images. Settings come from the "
                        "defaults, then --config FILE (YAML or JSON with sections "
@@ -304,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="segment images of any size with a checkpoint",
+    p = sub.add_parser("predict", parents=[common],
+                       help="segment images of any size with a checkpoint",
                        description="Segment images (files or folders) tile by tile, at "
                        "bounded memory. Writes OUT/NAME.png masks (class indices; 0/255 "
                        "for binary), optional probability maps and overlays.")
@@ -316,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint on a folder of images and masks",
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="score a checkpoint on a folder of images and masks",
                        description="Dice, IoU, precision and recall per class, per image and "
                        "overall, for DATA/images + DATA/masks; printed and written as CSV.")
     p.add_argument("--data", required=True, metavar="DIR", help="folder with images/, masks/")
@@ -326,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiling_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, verified",
+    p = sub.add_parser("export", parents=[common],
+                       help="export a checkpoint to ONNX or TorchScript, verified",
                        description="Export with dynamic batch, height and width, then run "
                        "the export at another size and compare with PyTorch.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
@@ -339,10 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed difference from PyTorch")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("info", help="show the device, precision and allocator in use")
+    p = sub.add_parser("info", parents=[common],
+                       help="show the device, precision and allocator in use")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("make-demo-data", help="write the built-in demo data set to a folder")
+    p = sub.add_parser("make-demo-data", parents=[common],
+                       help="write the built-in demo data set to a folder")
     p.add_argument("directory")
     p.add_argument("--count", type=int, default=64)
     p.add_argument("--size", type=int, default=256)
@@ -364,11 +387,10 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
-        # Bad input: a clear message, not a stack trace (UNETKIT_DEBUG=1 shows it).
-        # Other RuntimeErrors are bugs and keep their traceback.
-        expected = not isinstance(err, RuntimeError) or type(err).__name__ == "ExportError"
-        if os.environ.get("UNETKIT_DEBUG") or not expected:
+    except USER_ERRORS as err:
+        # The user's problem (a setting, a file, a full disk, a diverging run): the message
+        # is the whole story, exit code 2. Anything else is a bug and keeps its traceback.
+        if args.debug or os.environ.get("UNETKIT_DEBUG"):
             raise
         print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -20,57 +20,142 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# --------------------------------------------------------------------------- ranges
+# Each setting declares what it accepts beside its default (``setting(30, ge=1)``); the
+# check runs whenever a section is built, so flags, config files and Python callers all
+# meet the same rule, before any file is read or written.
+
+# The sections of a training config (and of config.json / YAML files).
+SECTIONS = ("model", "data", "augment", "loss", "optim", "train")
+# Flags whose setting name alone would be unclear or collide (see :func:`flag_name`).
+FLAG_NAMES = {("augment", "enabled"): "augment", ("loss", "name"): "loss",
+              ("data", "root"): "data", ("train", "out"): "out"}
+
+
+def flag_name(section: str, name: str) -> str:
+    """The command-line flag of a setting, e.g. ``--epochs`` for train.epochs."""
+    return "--" + FLAG_NAMES.get((section, name), name).replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """The values a number or text setting accepts: bounds and/or a list of choices."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple = ()
+
+    def admits(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le)
+                and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join("none" if c is None else str(c) for c in self.choices)
+        parts = [f"{op} {bound:g}" for op, bound in
+                 ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if bound is not None]
+        return " and ".join(parts)
+
+
+def setting(default: Any, **accepts: Any) -> Any:
+    """A dataclass field with its accepted values: ``ge``/``gt``/``le``/``lt`` bounds or
+    ``choices``. None always passes for an optional setting; tuples are checked per item."""
+    return field(default=default, metadata={"accepts": Accepts(**accepts)})
+
+
+class SettingError(ValueError):
+    """A setting outside its accepted values; the message names flag, value and range."""
+
+
+def setting_error(section: str, name: str, value: Any, expected: str) -> SettingError:
+    shown = "none" if value is None else (" ".join(map(str, value))
+                                          if isinstance(value, tuple) else value)
+    where = f" ({section}.{name} in a config file)" if section in SECTIONS else ""
+    return SettingError(f"{flag_name(section, name)} {shown}: expected {expected}{where}")
+
+
+def check_section(section: str, obj: Any) -> None:
+    """Raise :class:`SettingError` for the first field of ``obj`` outside its range."""
+    for f in dataclasses.fields(obj):
+        accepts = f.metadata.get("accepts")
+        value = getattr(obj, f.name)
+        if accepts is None or value is None:
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if not all(accepts.admits(item) for item in items):
+            raise setting_error(section, f.name, value, accepts.describe())
+
+
+class _Checked:
+    """Mixin: a section checks its ranges whenever it is built (also by
+    ``dataclasses.replace``)."""
+
+    SECTION: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_section(self.SECTION, self)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Checked):
     """Which network to build. ``out_channels`` is derived from the number of classes:
     1 logit for a binary task (sigmoid), K logits for K >= 3 classes (softmax)."""
 
-    arch: str = "unet"  # "unet" | "resnet_unet"
-    in_channels: int = 1
-    out_channels: int = 1
+    SECTION: typing.ClassVar[str] = "model"
+    arch: str = setting("unet", choices=("unet", "resnet_unet"))
+    in_channels: int = setting(1, ge=1)
+    out_channels: int = setting(1, ge=1)
     # UNet
-    features: int = 32  # channels of the first level; doubled at each level
-    depth: int = 4  # number of 2x2 poolings (the paper: 4)
-    padding: str = "same"  # "same" | "valid" (the paper's)
-    upsample: str = "transpose"  # "transpose" | "bilinear"
-    norm: str | None = "batch"  # None | "batch" | "instance" | "group"
-    dropout: float = 0.0  # dropout at the end of the contracting path (the paper: 0.5)
+    features: int = setting(32, ge=1)  # channels of the first level; doubled at each level
+    depth: int = setting(4, ge=1, le=8)  # number of 2x2 poolings (the paper: 4)
+    padding: str = setting("same", choices=("same", "valid"))
+    upsample: str = setting("transpose", choices=("transpose", "bilinear"))
+    norm: str | None = setting("batch", choices=(None, "batch", "instance", "group"))
+    # the paper: 0.5
+    dropout: float = setting(0.0, ge=0, lt=1)  # dropout at the end of the contracting path
     # ResNetUNet
-    resnet_depth: int = 34  # ResNetUNet encoder: 18, 34, 50, 101 or 152
+    resnet_depth: int = setting(34, choices=(18, 34, 50, 101, 152))  # ResNetUNet encoder
     pretrained: bool | str = False  # False, True (torchvision file in the hub cache) or a path
     freeze_encoder: bool = False  # ResNetUNet: fix encoder weights and BN statistics
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # ResNetUNet decoder
+    decoder_channels: tuple[int, ...] = setting((256, 128, 64, 32, 16), ge=1)  # ResNetUNet decoder
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Checked):
     """Where the images are and how to read them.
 
     ``root`` is None for the built-in demo data. Masks may be 0/1, 0/255, class indices
     0..K-1 or RGB colours listed in ``palette`` (colour -> class index).
     """
 
+    SECTION: typing.ClassVar[str] = "data"
     root: str | None = None  # data folder (ROOT/images, ROOT/masks); none: the demo data
-    demo: str = "binary"  # built-in data when root is None: "binary" | "multiclass"
-    demo_size: int = 256  # side of each generated demo image, pixels
-    demo_count: int = 64  # number of generated demo images
-    num_classes: int = 2  # including background
+    demo: str = setting("binary", choices=("binary", "multiclass"))  # built-in data (no root)
+    demo_size: int = setting(256, ge=16)  # side of each generated demo image, pixels
+    demo_count: int = setting(64, ge=2)  # number of generated demo images
+    num_classes: int = setting(2, ge=2)  # including background
     class_names: tuple[str, ...] = ()  # names for reports, background first
-    mask_encoding: str = "auto"  # "auto" | "binary" | "index" | "palette"
+    mask_encoding: str = setting("auto", choices=("auto", "binary", "index", "palette"))
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
-    ignore_index: int | None = None  # mask value that no loss or metric counts
-    val_fraction: float = 0.2  # used when ROOT/train and ROOT/val do not exist
-    patch_size: int = 256  # training crop, pixels (input side for valid padding)
-    context: int = 0  # mirrored border around each training crop, pixels (auto: valid U-Net)
-    foreground_oversample: float = 0.33  # probability that a crop is centred on foreground
+    ignore_index: int | None = setting(None, ge=0)  # mask value that no loss or metric counts
+    val_fraction: float = setting(0.2, gt=0, lt=1)  # held out unless ROOT/train, ROOT/val exist
+    patch_size: int = setting(256, ge=1)  # training crop, pixels (input side for valid padding)
+    context: int = setting(0, ge=0)  # mirrored border around each training crop, pixels
+    foreground_oversample: float = setting(0.33, ge=0, le=1)  # P(crop centred on foreground)
     # "auto": ImageNet's statistics for a pretrained encoder, else the training images'
-    normalize: str = "auto"  # "auto" | "dataset" | "imagenet" | "none"
+    normalize: str = setting("auto", choices=("auto", "dataset", "imagenet", "none"))
     mean: tuple[float, ...] = ()  # filled in from the training images (or ImageNet's)
-    std: tuple[float, ...] = ()  # per channel; filled like mean
+    std: tuple[float, ...] = setting((), gt=0)  # per channel; filled like mean
     weight_map: bool = True  # the paper's border weight map, when instance labels exist
-    weight_map_w0: float = 10.0  # weight of the border term
-    weight_map_sigma: float = 5.0  # pixels
-    num_workers: int | None = None  # None: chosen from the core count
+    weight_map_w0: float = setting(10.0, ge=0)  # weight of the border term
+    weight_map_sigma: float = setting(5.0, gt=0)  # pixels
+    num_workers: int | None = setting(None, ge=0)  # None: chosen from the core count
 
 
 def class_names_of(data: DataConfig) -> list[str]:
@@ -85,82 +170,99 @@ def class_names_of(data: DataConfig) -> list[str]:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(_Checked):
     """Random changes applied to each training batch, on the training device.
 
     Geometric changes are composed into one sampling grid and applied in one resampling.
     """
 
+    SECTION: typing.ClassVar[str] = "augment"
     enabled: bool = True  # any augmentation at all
     flip: bool = True  # random horizontal and vertical flips
     rot90: bool = True  # random 90-degree rotations (square crops)
-    rotate_deg: float = 15.0  # uniform in [-rotate_deg, rotate_deg]
-    scale: tuple[float, float] = (0.85, 1.15)  # zoom range
-    translate: float = 0.05  # fraction of the side
+    rotate_deg: float = setting(15.0, ge=0, le=180)  # uniform in [-rotate_deg, rotate_deg]
+    scale: tuple[float, float] = setting((0.85, 1.15), gt=0)  # zoom range
+    translate: float = setting(0.05, ge=0, lt=1)  # fraction of the side
     elastic: bool = True  # the paper's elastic deformation
-    elastic_grid: int = 3  # coarse displacement grid, points per side
-    elastic_sigma: float = 10.0  # standard deviation of the displacements, pixels
-    brightness: float = 0.1  # additive, in units of the normalised image's std
-    contrast: float = 0.15  # multiplicative, +- fraction
-    gamma: float = 0.2  # gamma in [1 - gamma, 1 + gamma]
-    noise_std: float = 0.03
-    blur_prob: float = 0.1
-    blur_sigma: tuple[float, float] = (0.5, 1.5)  # pixels
+    elastic_grid: int = setting(3, ge=2)  # coarse displacement grid, points per side
+    elastic_sigma: float = setting(10.0, ge=0)  # displacement standard deviation, pixels
+    brightness: float = setting(0.1, ge=0)  # additive, in units of the normalised image's std
+    contrast: float = setting(0.15, ge=0, lt=1)  # multiplicative, +- fraction
+    gamma: float = setting(0.2, ge=0, lt=1)  # gamma in [1 - gamma, 1 + gamma]
+    noise_std: float = setting(0.03, ge=0)
+    blur_prob: float = setting(0.1, ge=0, le=1)
+    blur_sigma: tuple[float, float] = setting((0.5, 1.5), gt=0)  # pixels
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("scale", "blur_sigma"):
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or low_high[0] > low_high[1]:
+                raise setting_error(self.SECTION, name, low_high, "two numbers, low <= high")
 
 
 @dataclass
-class LossConfig:
+class LossConfig(_Checked):
     """``name`` in: bce, ce, dice, dice_bce, dice_ce, focal, auto (dice_bce for binary,
     dice_ce for multi-class)."""
 
-    name: str = "auto"
+    SECTION: typing.ClassVar[str] = "loss"
+    name: str = setting("auto", choices=("auto", "bce", "ce", "dice", "dice_bce", "dice_ce",
+                                         "focal"))
     dice_include_background: bool = False  # multi-class Dice loss counts class 0 too
-    focal_gamma: float = 2.0  # focal loss focusing exponent
-    dice_weight: float = 1.0  # weight of the Dice term in the combined losses
+    focal_gamma: float = setting(2.0, ge=0)  # focal loss focusing exponent
+    dice_weight: float = setting(1.0, ge=0)  # weight of the Dice term in the combined losses
 
 
 @dataclass
-class OptimConfig:
-    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
-    lr: float = 1e-4  # learning rate
-    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
-    momentum: float = 0.99  # SGD (the paper's)
-    schedule: str = "cosine"  # "cosine" | "poly" | "plateau" | "step" | "none"
-    warmup_epochs: int = 1  # cosine: linear warm-up length
-    poly_power: float = 0.9  # poly: lr * (1 - step/total) ** power
-    step_size: int = 30  # step: epochs between lr drops
-    step_gamma: float = 0.1  # step: lr factor at each drop
-    grad_clip: float | None = 1.0  # max gradient norm; none to disable
+class OptimConfig(_Checked):
+    SECTION: typing.ClassVar[str] = "optim"
+    optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
+    lr: float = setting(1e-4, gt=0)  # learning rate
+    weight_decay: float = setting(0.0, ge=0)  # L2 penalty (decoupled for adamw)
+    momentum: float = setting(0.99, ge=0, lt=1)  # SGD (the paper's)
+    schedule: str = setting("cosine", choices=("cosine", "poly", "plateau", "step", "none"))
+    warmup_epochs: int = setting(1, ge=0)  # cosine: linear warm-up length
+    poly_power: float = setting(0.9, gt=0)  # poly: lr * (1 - step/total) ** power
+    step_size: int = setting(30, ge=1)  # step: epochs between lr drops
+    step_gamma: float = setting(0.1, gt=0, le=1)  # step: lr factor at each drop
+    grad_clip: float | None = setting(1.0, gt=0)  # max gradient norm; none to disable
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 30  # total epochs (with --resume: the new total)
-    batch_size: int = 4  # training crops per step (per process under torchrun)
-    steps_per_epoch: int | None = None  # None: one pass over the training images
-    seed: int = 0  # the same seed on the same machine gives the same metrics
+class TrainConfig(_Checked):
+    SECTION: typing.ClassVar[str] = "train"
+    epochs: int = setting(30, ge=1)  # total epochs (with --resume: the new total)
+    batch_size: int = setting(4, ge=1)  # training crops per step (per process under torchrun)
+    steps_per_epoch: int | None = setting(None, ge=1)  # None: one pass over the training set
+    seed: int = setting(0, ge=0)  # the same seed on the same machine: the same metrics
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
+    # auto: $UNETKIT_PRECISION if set, else bf16 where the hardware computes it natively
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool | None = None  # None: chosen for the device
     compile: bool = False  # torch.compile the model
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
     out: str = "runs/unetkit"  # run folder: checkpoints, metrics.csv, figures
     resume: bool = False  # continue from OUT/checkpoints/last
     overwrite: bool = False  # start afresh in an OUT that already holds a run
-    plot_every: int = 5  # epochs between figure updates
-    num_preview: int = 4  # validation images drawn in predictions.png
+    plot_every: int = setting(5, ge=1)  # epochs between figure updates
+    num_preview: int = setting(4, ge=0)  # validation images drawn in predictions.png
+    max_bad_steps: int = setting(10, ge=1)  # stop after this many non-finite steps in a row
+    max_loss_factor: float = setting(100.0, gt=1)  # stop when the loss passes this x its start
 
 
 @dataclass
-class InferenceConfig:
+class InferenceConfig(_Checked):
     """Defaults of tiled prediction (``predict``, ``unetkit predict`` / ``evaluate``)."""
 
-    tile: int = 512  # output tile side for same-size models, pixels
-    valid_tile: int = 388  # output tile side of a valid-padding U-Net (the paper: 572 -> 388)
-    overlap: float = 0.25  # fraction of the tile shared by neighbours (same-size models)
-    blend: str = "gaussian"  # "gaussian" | "constant"
-    sigma_scale: float = 0.125  # Gaussian sigma as a fraction of the tile side
-    batch_size: int = 4  # tiles per forward pass: with the tile, it bounds the memory
+    SECTION: typing.ClassVar[str] = "inference"
+    tile: int = setting(512, ge=1)  # output tile side for same-size models, pixels
+    # the paper: 572 -> 388
+    valid_tile: int = setting(388, ge=1)  # output tile side of a valid-padding U-Net
+    overlap: float = setting(0.25, ge=0, lt=1)  # tile fraction shared by neighbours (same-size)
+    blend: str = setting("gaussian", choices=("gaussian", "constant"))
+    sigma_scale: float = setting(0.125, gt=0)  # Gaussian sigma as a fraction of the tile side
+    batch_size: int = setting(4, ge=1)  # tiles per forward pass: with the tile, bounds memory
 
 
 @dataclass

@@ -23,20 +23,27 @@ from .checkpoint import load_checkpoint
 from .config import class_names_of
 from .data.folder import pair_folder
 from .data.io import IMAGE_SUFFIXES, DataError, read_image, read_mask
+from .errors import writing
 from .inference import normalize_image, predict
 from .metrics import confusion_matrix, hausdorff95, scores
 from .runtime import select_device
 
-__all__ = ["evaluate_folder", "format_table", "find_pairs", "METRICS"]
+__all__ = ["evaluate_folder", "format_table", "find_pairs", "scan_pairs", "METRICS"]
 
 METRICS = ("dice", "iou", "precision", "recall")
 
 
 def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
     """(image, mask) pairs from DATA_DIR/images and DATA_DIR/masks (or DATA_DIR/val/...
-    for the training layout with a fixed split), matched by file stem
-    (the suffixes may differ, e.g. a .jpg image with a .png mask). Every image needs a mask;
-    masks without an image are ignored."""
+    for the training layout with a fixed split), matched by file stem (the suffixes may
+    differ, e.g. a .jpg image with a .png mask). Images without a mask, or whose name
+    several files share, are left out: :func:`scan_pairs` lists them."""
+    return scan_pairs(data_dir)[0]
+
+
+def scan_pairs(data_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """(pairs to score, [(image, why it cannot be scored)]). Masks without an image are
+    ignored. Raises DataError only when the folders are missing or hold no image."""
     data_dir = Path(data_dir)
     if not (data_dir / "images").is_dir() and (data_dir / "val" / "images").is_dir():
         data_dir = data_dir / "val"  # the training layout ROOT/{train,val}: score val
@@ -47,19 +54,19 @@ def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
                             "images/ and masks/ with files of the same names")
     # The dataset's own pairing; evaluation only needs image + mask (instances unused).
     items = [item for item in pair_folder(data_dir) if item.image_path is not None]
-    problems = [item.problem for item in items if item.problem]
-    if problems:
-        raise DataError("; ".join(problems) + "; expected one file per name")
     if not items:
         raise DataError(f"{image_dir}: no image files (expected suffixes "
                         f"{', '.join(IMAGE_SUFFIXES)})")
-    missing = [item.image_path.name for item in items if item.mask_path is None]
-    if missing:
-        shown = ", ".join(missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise DataError(f"{mask_dir}: no mask for {len(missing)} image(s): {shown}{more}; "
-                        "expected a mask with the same name as each image")
-    return [(item.image_path, item.mask_path) for item in items]
+    pairs, skipped = [], []
+    for item in items:
+        if item.problem:
+            skipped.append((item.image_path, f"{item.problem}; expected one file per name"))
+        elif item.mask_path is None:
+            skipped.append((item.image_path, f"no mask (expected {mask_dir}/"
+                                             f"{item.image_path.stem} with an image suffix)"))
+        else:
+            pairs.append((item.image_path, item.mask_path))
+    return pairs, skipped
 
 
 def _row(name: str, result: dict, class_names: list[str], hd_names: list[str] | None) -> dict:
@@ -111,7 +118,8 @@ def evaluate_folder(
     """
     run_device = select_device(device or "auto")
     model, config = load_checkpoint(checkpoint, device=run_device, fold_batchnorm=True)
-    pairs = find_pairs(data_dir)
+    pairs, failed = scan_pairs(data_dir)  # failed: listed and skipped, not fatal
+    total_images = len(pairs) + len(failed)
     data = config.data
     num_classes = max(config.model.out_channels, 2)
     if data.num_classes != num_classes:
@@ -124,7 +132,6 @@ def evaluate_folder(
     total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     per_image: list[dict] = []
     csv_rows: list[dict] = []
-    failed: list[tuple[Path, str]] = []
     for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="image",
                                       disable=not progress, file=sys.stderr):
         try:
@@ -140,7 +147,7 @@ def evaluate_folder(
         per_image.append(result)
         csv_rows.append(_row(image_path.stem, result, class_names, hd_names))
     if failed:
-        print(f"{len(failed)} of {len(pairs)} image(s) could not be evaluated:",
+        print(f"{len(failed)} of {total_images} image(s) could not be evaluated:",
               file=sys.stderr)
         for path, message in failed:
             print(f"  {path}: {message}", file=sys.stderr)
@@ -155,11 +162,12 @@ def evaluate_folder(
     csv_rows.append(_row("overall", overall, class_names, hd_names))
     if out_csv is not None:
         out_csv = Path(out_csv)
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        with out_csv.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
-            writer.writeheader()
-            writer.writerows(csv_rows)
+        with writing("evaluation table", out_csv, cleanup=out_csv):
+            out_csv.parent.mkdir(parents=True, exist_ok=True)
+            with out_csv.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
+                writer.writeheader()
+                writer.writerows(csv_rows)
     return {
         "class_names": class_names,
         "overall": overall,

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, unwrap
+from .errors import UserError, writing
 from .models import UNet
 from .models.blocks import pad_to_multiple
 from .models.unet import nearest_valid_sizes
@@ -47,7 +48,7 @@ DEFAULT_OPSET = 17
 DEFAULT_SIZE = 64  # traced input side (a valid size near it for valid-padding UNets)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported model could not be written, or disagrees with PyTorch."""
 
 
@@ -128,7 +129,8 @@ def _add_onnx_metadata(path: Path, config) -> None:
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(model, str(path))
+    with writing("ONNX model", path, cleanup=path):
+        onnx.save(model, str(path))
 
 
 def export_model(
@@ -171,7 +173,8 @@ def export_model(
     module = _wrap(net).eval()
     example = torch.randn(1, in_channels, *trace_size)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing("export folder", out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
 
     with warnings.catch_warnings():
         # The trace warns about the network's size checks turning into constants; the
@@ -183,21 +186,24 @@ def export_model(
         if fmt == "onnx":
             _require("onnx")
             axes = {0: "batch", 2: "height", 3: "width"}
-            try:
-                torch.onnx.export(
-                    module, (example,), str(out), input_names=["image"],
-                    output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                    opset_version=opset or DEFAULT_OPSET, dynamo=False,
-                )
-            except Exception as err:
-                raise ExportError(f"{out}: ONNX export failed: {err}") from err
+            # A disk-full error inside the exporter becomes a WriteError (its cause).
+            with writing("ONNX model", out, cleanup=out):
+                try:
+                    torch.onnx.export(
+                        module, (example,), str(out), input_names=["image"],
+                        output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
+                        opset_version=opset or DEFAULT_OPSET, dynamo=False,
+                    )
+                except Exception as err:
+                    raise ExportError(f"{out}: ONNX export failed: {err}") from err
             if config is not None:
                 _add_onnx_metadata(out, config)
         else:
             with torch.no_grad():
                 # check_trace=False: the verification below runs another size anyway.
                 traced = torch.jit.trace(module, example, check_trace=False)
-            traced.save(str(out))
+            with writing("TorchScript model", out, cleanup=out):
+                traced.save(str(out))
 
     result = {"path": out, "format": fmt, "input_size": trace_size,
               "verify_size": None, "max_abs_diff": None}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.io import overlay
+from .errors import writing
 
 
 class MetricsLog:
@@ -37,13 +38,14 @@ class MetricsLog:
         fields = list(self.rows[0])
         for row in self.rows[1:]:
             fields += [k for k in row if k not in fields]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        with writing("metrics", self.path, cleanup=tmp):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            tmp.replace(self.path)
 
 
 def _num(text: str) -> float:
@@ -51,6 +53,16 @@ def _num(text: str) -> float:
         return int(text) if text.lstrip("-").isdigit() else float(text)
     except ValueError:
         return math.nan
+
+
+def _save_figure(fig, path: str | Path, what: str, dpi: int) -> None:
+    """Save and close ``fig``; a failed write is one WriteError line, no partial file."""
+    fig.tight_layout()
+    try:
+        with writing(what, path, cleanup=path):
+            fig.savefig(path, dpi=dpi)
+    finally:
+        _pyplot().close(fig)
 
 
 def _pyplot():
@@ -86,9 +98,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path, "training curves", dpi=100)
     return Path(path)
 
 
@@ -111,7 +121,5 @@ def plot_predictions(
             axes[row, col].axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save_figure(fig, path, "prediction figure", dpi=90)
     return Path(path)

@@ -2,7 +2,8 @@
 
 The defaults pick the fastest settings that are still correct for the device: bf16
 autocast and channels_last on a CPU with native bf16 (AVX-512 BF16 / AMX), bf16 (or fp16
-with loss scaling) on CUDA, plain fp32 otherwise.
+with loss scaling) on CUDA, plain fp32 otherwise. ``UNETKIT_PRECISION`` overrides "auto"
+for a whole process (:func:`select_precision`).
 """
 
 from __future__ import annotations
@@ -58,18 +59,39 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Sets "auto" for a whole process (a test suite, a batch job): auto | fp32 | bf16 | fp16.
+PRECISION_ENV = "UNETKIT_PRECISION"
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def select_precision(device: torch.device, name: str = "auto") -> torch.dtype:
-    """Autocast dtype for ``name`` in auto | fp32 | bf16 | fp16."""
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name in table:
-        if name == "fp16" and device.type == "cpu":
-            raise ValueError("precision 'fp16' needs CUDA; on the CPU use 'bf16' or 'fp32'")
-        return table[name]
+    """The autocast dtype: THE one place where precision is decided.
+
+    ``name`` is the user's choice (auto | fp32 | bf16 | fp16). "auto" first defers to the
+    ``UNETKIT_PRECISION`` environment variable, then to the hardware: bf16 on CUDA with
+    bf16 (else fp16), bf16 on a CPU that computes it natively (AVX-512 BF16 / AMX), fp32
+    on other CPUs, where bf16 is emulated and some 100x slower than fp32.
+    """
+    if name == "auto":
+        name = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+        source = f"{PRECISION_ENV}={name}"
+    else:
+        source = f"precision {name!r}"
+    if name not in PRECISIONS:
+        raise ValueError(f"{source}: precision must be one of {', '.join(PRECISIONS)}")
+    if name == "fp16" and device.type == "cpu":
+        raise ValueError(f"{source}: fp16 needs CUDA; on the CPU use bf16 or fp32")
     if name != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {name!r}")
+        return _DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """fp32 | bf16 | fp16 for an autocast dtype."""
+    return {v: k for k, v in _DTYPES.items()}[dtype]
 
 
 def select_channels_last(device: torch.device, dtype: torch.dtype, flag: bool | None) -> bool:

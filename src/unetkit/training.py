@@ -2,7 +2,9 @@
 epoch, best/last checkpoints, metrics.csv and figures; resumable and DDP-ready.
 
 Use :func:`train` with a :class:`~unetkit.config.Config`; the command line
-(``unetkit train``, ``python train.py``) is a thin layer over it.
+(``unetkit train``, ``python train.py``) is a thin layer over it. :func:`train` reads as
+its steps: resume or start, build the run (runtime, data, model, optimizer), then per
+epoch: train, validate, save, report, and the per-epoch hooks (where loggers plug in).
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -30,15 +34,29 @@ from .checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from .config import Config, class_names_of
+from .config import Config, ModelConfig, class_names_of, setting_error
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
+from .divergence import DivergenceGuard
+from .errors import writing
 from .losses import build_loss
-from .metrics import MetricTracker, logits_to_labels
-from .models.blocks import center_crop, mirror_pad
-from .models.unet import nearest_valid_sizes, valid_margin, valid_output_size
+from .models.blocks import center_crop
+from .models.unet import (
+    nearest_valid_sizes,
+    smallest_valid_input,
+    valid_margin,
+    valid_output_size,
+)
+from .optim import make_optimizer, make_scheduler
 from .report import MetricsLog, plot_curves, plot_predictions
-from .runtime import Runtime, make_runtime
+from .runtime import Runtime, make_runtime, precision_name
+from .validation import forward_whole, move_batch, reduce_mean, validate
+
+# A hook is called after every epoch, on the main process, with the run and the epoch's
+# metrics row (the same row as metrics.csv): the place for loggers such as TensorBoard.
+EpochHook = Callable[["Run", dict[str, float]], None]
+
+__all__ = ["train", "prepare_config", "forward_whole", "Run", "TrainResult", "EpochHook"]
 
 
 @dataclass
@@ -51,16 +69,53 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+@dataclass
+class Run:
+    """Everything one training run works with, built once before the first epoch."""
+
+    config: Config
+    rt: Runtime
+    out: Path
+    model: nn.Module  # maybe wrapped in DistributedDataParallel
+    step_model: nn.Module  # ``model``, or torch.compile of it
+    train_ds: Any
+    val_ds: Any
+    loader: DataLoader
+    val_loader: DataLoader
+    sampler: Any
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_step: bool  # scheduler stepped per batch (else per epoch, on the validation Dice)
+    scaler: torch.amp.GradScaler
+    augmenter: Augmenter
+    guard: DivergenceGuard
+    log: MetricsLog | None
+    start_epoch: int = 1
+    best_dice: float = -math.inf
+    previews: list = field(default_factory=list)
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "checkpoints" / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out / "checkpoints" / "best"
+
+
 def prepare_config(config: Config) -> Config:
     """Resolve the settings that follow from others, before anything is built: the number
-    of demo classes, the model's output channels, a valid patch for valid padding."""
+    of demo classes, the model's output channels, a valid patch for valid padding.
+    Raises SettingError for a patch smaller than the model can take."""
     data, model = config.data, config.model
     if data.root is None and data.demo == "multiclass" and data.num_classes == 2:
         data = dataclasses.replace(data, num_classes=4)
-    if data.num_classes < 2:
-        raise ValueError(f"num_classes counts the background too: >= 2, got {data.num_classes}")
     out_channels = 1 if data.num_classes == 2 else data.num_classes
     model = dataclasses.replace(model, out_channels=out_channels)
+    smallest, why = _smallest_patch(model)
+    if data.patch_size < smallest:
+        raise setting_error("data", "patch_size", data.patch_size, f">= {smallest} ({why})")
     if model.arch == "unet" and model.padding == "valid":
         if valid_output_size(data.patch_size, model.depth) is None:
             below, above = nearest_valid_sizes(data.patch_size, model.depth)
@@ -72,131 +127,159 @@ def prepare_config(config: Config) -> Config:
     return dataclasses.replace(config, data=data, model=model)
 
 
-def forward_whole(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Logits for a whole (B,C,H,W) image of any size, (B,K,H,W): same-padding models take
-    it directly; a valid-padding U-Net gets the image mirrored by its margin (and up to
-    the next valid size) so that its output covers every pixel."""
-    plain = unwrap(model)
-    if getattr(plain, "padding", "same") != "valid":
-        return model(image)
-    height, width = image.shape[-2:]
-    margin = plain.margin()
-    in_h, in_w = plain.valid_input_size(height), plain.valid_input_size(width)
-    padded = mirror_pad(image, margin, in_h - height - margin, margin, in_w - width - margin)
-    return model(padded)[..., :height, :width]
+def _smallest_patch(model: ModelConfig) -> tuple[int, str]:
+    """The smallest training patch side the model can learn from, and why."""
+    if model.arch == "resnet_unet":
+        return 32, "the ResNet encoder downsamples 32x"
+    if model.padding == "valid":
+        return (smallest_valid_input(model.depth),
+                f"the smallest input with a positive output at depth {model.depth}")
+    return 2**model.depth, f"{model.depth} poolings need a side of at least 2^{model.depth}"
 
 
-def _make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                               weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}")
-
-
-def _make_scheduler(optimizer, cfg, epochs: int, steps: int):
-    """(scheduler, stepped per batch?). Per-batch schedules change smoothly even in short
-    runs; reduce-on-plateau needs the validation score, so it steps per epoch.
-
-    Cosine and poly are LambdaLR factors of the step and the CURRENT total, so resuming
-    with more epochs stretches the schedule instead of restarting or stopping it (a
-    CosineAnnealingLR/PolynomialLR would keep the old total from its saved state).
-    """
-    sched = torch.optim.lr_scheduler
-    total = max(1, epochs * steps)
-    if cfg.schedule == "cosine":
-        warm = min(cfg.warmup_epochs * steps, total - 1)
-        floor = 0.01  # the final lr, as a fraction of cfg.lr
-
-        def cosine(step: int) -> float:
-            if step < warm:  # linear warm-up from 5% of the lr
-                return 0.05 + 0.95 * step / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return sched.LambdaLR(optimizer, cosine), True
-    if cfg.schedule == "poly":
-        return sched.LambdaLR(
-            optimizer, lambda step: max(0.0, 1 - step / total) ** cfg.poly_power), True
-    if cfg.schedule == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size * steps, gamma=cfg.step_gamma), True
-    if cfg.schedule == "plateau":
-        return sched.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5), False
-    if cfg.schedule == "none":
-        return sched.LambdaLR(optimizer, lambda _: 1.0), True
-    raise ValueError(f"schedule must be cosine, poly, step, plateau or none, got {cfg.schedule!r}")
-
-
-def _move(batch: dict, device: torch.device) -> dict:
-    return {k: batch[k].to(device, non_blocking=True) for k in ("image", "mask", "weight")}
-
-
-def _reduce_mean(total: torch.Tensor, count: int, rt: Runtime) -> float:
-    pair = torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)])
-    if rt.distributed:
-        dist.all_reduce(pair)
-    return (pair[0] / pair[1].clamp(min=1)).item()
-
-
-def train(config: Config, progress: bool = True) -> TrainResult:
+def train(config: Config, progress: bool = True,
+          hooks: Sequence[EpochHook] = ()) -> TrainResult:
     """Train the model described by ``config`` and write its run folder:
 
         OUT/checkpoints/best, OUT/checkpoints/last   (see unetkit.checkpoint)
         OUT/metrics.csv, OUT/curves.png, OUT/predictions.png, OUT/config.json
+
+    ``hooks`` are called after every epoch on the main process (see :data:`EpochHook`).
+    Raises SettingError before anything is read or written when a setting is out of
+    range, DivergenceError when training diverges, WriteError when a file cannot be
+    written (the previous checkpoint stays intact in every case).
+    """
+    config, state = resume_or_start(config, progress)
+    run = build_run(config, state)
+    show = progress and run.rt.is_main
+    if show:
+        announce(run, requested=config)
+    for epoch in range(run.start_epoch, run.config.train.epochs + 1):
+        train_loss, seen, seconds = train_one_epoch(run, epoch, show)
+        want_previews = run.rt.is_main and (epoch % run.config.train.plot_every == 0
+                                            or epoch == run.config.train.epochs)
+        val_loss, scores, run.previews = validate(
+            unwrap(run.model), run.val_loader, run.criterion, run.config.data.num_classes,
+            run.config.data.ignore_index, run.rt,
+            run.config.train.num_preview if want_previews else 0)
+        row = epoch_row(run, epoch, train_loss, val_loss, scores, seen, seconds)
+        improved = update_best(run, row["val_dice"])
+        run.guard.check_weights(unwrap(run.model), epoch)  # every rank: they stop together
+        if run.rt.is_main:
+            save_epoch(run, epoch, row, {"epoch": epoch, **scores, "val_loss": val_loss},
+                       improved, want_previews)
+            if show:
+                report_epoch(run, row, improved)
+            for hook in hooks:
+                hook(run, row)
+    if show:
+        report_end(run)
+    if run.rt.distributed:
+        dist.barrier()
+    history = run.log.rows if run.log is not None else []
+    return TrainResult(run.out, run.best_dir, run.last_dir, run.best_dice,
+                       run.config.train.epochs, history)
+
+
+def resume_or_start(config: Config, progress: bool) -> tuple[Config, dict | None]:
+    """(the config to train with, the saved training state or None).
+
+    With ``train.resume`` the saved run continues exactly: only where it runs and for how
+    long may change. Without it, a folder that already holds a run is refused unless
+    ``train.overwrite``. Settings that depend on each other are checked first
+    (:func:`prepare_config`), so a bad one is refused before anything is read.
     """
     out = Path(config.train.out)
-    last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
-    state = None
-    if config.train.resume:
-        if not last_dir.is_dir():
-            raise CheckpointError(f"--resume: no checkpoint to resume at {last_dir}")
-        saved = load_config(last_dir)
-        # Continue the saved run exactly; only where it runs and for how long may change.
-        keep = {k: getattr(config.train, k) for k in
-                ("epochs", "device", "out", "plot_every", "compile")}
-        state = load_training_state(last_dir)
-        if progress and config.train.epochs <= state["epoch"]:
-            tqdm.write(f"note: {last_dir} already finished epoch {config.train.epochs}; "
-                       "pass a larger --epochs to train on")
-        config = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
-                                                                       resume=True))
-    elif last_dir.is_dir() and not config.train.overwrite:
-        # Never replace a finished or interrupted run by accident.
-        raise ValueError(
-            f"{out} already holds a training run ({last_dir}); use --resume to continue "
-            "it, another --out, or --overwrite to start again there")
-    requested = config
-    config = prepare_config(config)
+    last_dir = out / "checkpoints" / "last"
+    if not config.train.resume:
+        prepare_config(config)  # refuse bad settings before touching the disk
+        if last_dir.is_dir() and not config.train.overwrite:
+            # Never replace a finished or interrupted run by accident.
+            raise ValueError(
+                f"{out} already holds a training run ({last_dir}); use --resume to continue "
+                "it, another --out, or --overwrite to start again there")
+        return config, None
+    if not last_dir.is_dir():
+        raise CheckpointError(f"--resume: no checkpoint to resume at {last_dir}")
+    saved = load_config(last_dir)
+    keep = {k: getattr(config.train, k) for k in
+            ("epochs", "device", "out", "plot_every", "compile")}
+    state = load_training_state(last_dir)
+    if progress and config.train.epochs <= state["epoch"]:
+        tqdm.write(f"note: {last_dir} already finished epoch {config.train.epochs}; "
+                   "pass a larger --epochs to train on")
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
+                                                                 resume=True)), state
+
+
+def build_run(requested: Config, state: dict | None) -> Run:
+    """Runtime, datasets, model, loaders, loss, optimizer, schedule and log of a run, the
+    model and optimizer restored from ``state`` when resuming."""
+    config = prepare_config(requested)
     tc = config.train
     rt = make_runtime(tc.device, tc.precision, tc.channels_last)
     torch.manual_seed(tc.seed)
+    train_ds, val_ds, config = build_data(config)
+    out = Path(tc.out)
+    model, step_model = place_model(config, rt, out / "checkpoints" / "last" if state else None)
+    loader, val_loader, sampler = make_loaders(train_ds, val_ds, config, rt)
+    optimizer = make_optimizer(model.parameters(), config.optim)
+    scheduler, per_step = make_scheduler(optimizer, config.optim, tc.epochs, len(loader))
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
+    start_epoch, best_dice = 1, -math.inf
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_dice = int(state["epoch"]) + 1, float(state["best_dice"])
+    log = None
+    if rt.is_main:
+        with writing("the run's config", out / "config.json"):
+            out.mkdir(parents=True, exist_ok=True)
+            config.save(out / "config.json")
+        log = MetricsLog(out / "metrics.csv", resume_from_epoch=start_epoch - 1)
+    guard = DivergenceGuard(tc.max_bad_steps, tc.max_loss_factor, config.optim.lr,
+                            scaled_fp16=scaler.is_enabled())
+    criterion = build_loss(config.loss, config.data.num_classes, config.data.ignore_index)
+    return Run(config, rt, out, model, step_model, train_ds, val_ds, loader, val_loader,
+               sampler, criterion, optimizer, scheduler, per_step, scaler,
+               Augmenter(config.augment, seed=tc.seed), guard, log, start_epoch, best_dice)
 
+
+def build_data(config: Config):
+    """(train dataset, validation dataset, config with the data's statistics, class names
+    and channel count filled in)."""
     # ImageNet statistics only for an ImageNet-pretrained encoder (normalize "auto").
     imagenet = config.model.arch == "resnet_unet" and bool(config.model.pretrained)
-    train_ds, val_ds, data_cfg = build_datasets(config.data, tc.seed, pretrained=imagenet)
+    train_ds, val_ds, data_cfg = build_datasets(config.data, config.train.seed,
+                                                pretrained=imagenet)
     if not data_cfg.class_names:  # names for reports, predictions and exports
         data_cfg = dataclasses.replace(data_cfg, class_names=tuple(class_names_of(data_cfg)))
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
-    config = dataclasses.replace(config, data=data_cfg, model=model_cfg)
-    K, ignore = data_cfg.num_classes, data_cfg.ignore_index
+    return train_ds, val_ds, dataclasses.replace(config, data=data_cfg, model=model_cfg)
 
-    model = build_model(model_cfg, load_pretrained=state is None)
-    if state is not None:
-        model.load_state_dict(load_file(str(last_dir / WEIGHTS)))
+
+def place_model(config: Config, rt: Runtime, resume_from: Path | None
+                ) -> tuple[nn.Module, nn.Module]:
+    """(model on the device, in its layout, DDP-wrapped under torchrun; the model the
+    training step calls: the same, or torch.compile of it)."""
+    model = build_model(config.model, load_pretrained=resume_from is None)
+    if resume_from is not None:
+        model.load_state_dict(load_file(str(resume_from / WEIGHTS)))
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if rt.distributed and tc.sync_batchnorm:
+    if rt.distributed and config.train.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if rt.distributed:
         model = DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    step_model = torch.compile(model) if tc.compile else model
+    return model, (torch.compile(model) if config.train.compile else model)
 
+
+def make_loaders(train_ds, val_ds, config: Config, rt: Runtime):
+    """(training loader, validation loader, training sampler or None)."""
+    tc, workers = config.train, config.data.num_workers
     # With steps_per_epoch, sample "virtual" indices 0..steps*batch-1: the dataset wraps
     # them onto its images with a different random crop each, so no crop repeats.
     virtual = range(tc.steps_per_epoch * tc.batch_size) if tc.steps_per_epoch else train_ds
@@ -207,163 +290,174 @@ def train(config: Config, progress: bool = True) -> TrainResult:
         sampler = RandomSampler(virtual, generator=torch.Generator())
     else:
         sampler = None
-    loader = make_loader(train_ds, tc.batch_size, True, tc.seed, rt.device, sampler=sampler)
+    loader = make_loader(train_ds, tc.batch_size, True, tc.seed, rt.device, sampler=sampler,
+                         num_workers=workers)
     # Validation: every rank scores its own share, no image twice (a DistributedSampler
     # would pad with repeats and bias the summed confusion matrix).
     val_part = Subset(val_ds, range(rt.rank, len(val_ds), rt.world_size))
-    val_loader = make_loader(val_part, 1, False, tc.seed, rt.device)
-    steps = len(loader)
-    if steps == 0:
+    val_loader = make_loader(val_part, 1, False, tc.seed, rt.device, num_workers=workers)
+    if len(loader) == 0:
         raise ValueError(f"no training batch: {len(train_ds)} training images for batch size "
                          f"{tc.batch_size}")
+    return loader, val_loader, sampler
 
-    criterion = build_loss(config.loss, K, ignore)
-    optimizer = _make_optimizer(model.parameters(), config.optim)
-    scheduler, per_step = _make_scheduler(optimizer, config.optim, tc.epochs, steps)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
-    augmenter = Augmenter(config.augment, seed=tc.seed)
-    start_epoch, best_dice = 1, -math.inf
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_dice = int(state["epoch"]) + 1, float(state["best_dice"])
 
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.json")
-    log = MetricsLog(out / "metrics.csv", resume_from_epoch=start_epoch - 1) if rt.is_main else None
-    show = progress and rt.is_main
-    if show:
-        tqdm.write(f"unetkit: {model_cfg.arch} on {rt.device} ({_precision_name(rt)}), "
-                   f"{len(train_ds)} training / {len(val_ds)} validation images, "
-                   f"{steps} steps per epoch, writing to {out}")
-        if data_cfg.patch_size != requested.data.patch_size:
-            out_side = valid_output_size(data_cfg.patch_size, model_cfg.depth)
-            tqdm.write(f"note: patch size {requested.data.patch_size} is not a valid input "
-                       f"for this valid-padding U-Net; using {data_cfg.patch_size} (output "
-                       f"{out_side}x{out_side}, margin {data_cfg.context} px)")
+def reseed(run: Run, epoch: int) -> None:
+    """Every random stream restarts from (seed, rank, epoch): a resumed run, on any number
+    of ranks, draws exactly what the uninterrupted run would have drawn."""
+    seed = run.config.train.seed
+    stream = (seed * 1_000_003 + run.rt.rank * 7919 + epoch) % 2**62
+    run.augmenter.generator.manual_seed(stream)
+    torch.manual_seed(stream + 1)  # dropout
+    run.train_ds.set_epoch(epoch)
+    if isinstance(run.sampler, DistributedSampler):
+        run.sampler.set_epoch(epoch)
+    elif run.sampler is not None:
+        run.sampler.generator.manual_seed(seed + epoch)
+    else:
+        run.loader.generator.manual_seed(seed + epoch)
 
-    previews: list = []
-    for epoch in range(start_epoch, tc.epochs + 1):
-        model.train()
-        # Every random stream restarts from (seed, rank, epoch): a resumed run, on any
-        # number of ranks, draws exactly what the uninterrupted run would have drawn.
-        stream = (tc.seed * 1_000_003 + rt.rank * 7919 + epoch) % 2**62
-        augmenter.generator.manual_seed(stream)
-        torch.manual_seed(stream + 1)  # dropout
-        train_ds.set_epoch(epoch)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif sampler is not None:
-            sampler.generator.manual_seed(tc.seed + epoch)
-        else:
-            loader.generator.manual_seed(tc.seed + epoch)
-        loss_sum = torch.zeros((), device=rt.device)
-        seen, start = 0, time.perf_counter()
-        # disable=None: no bar when the output is not a terminal (logs stay readable).
-        bar = tqdm(loader, desc=f"epoch {epoch}/{tc.epochs}", disable=None if show else True,
-                   leave=False, unit="batch", dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            batch = augmenter(_move(batch, rt.device))
-            image = batch["image"]
-            if rt.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            with rt.autocast():
-                logits = step_model(image)
-            # Valid padding: the output is the centre of the input, so is the target.
-            target = center_crop(batch["mask"], *logits.shape[-2:])
-            weight = center_crop(batch["weight"], *logits.shape[-2:])
-            loss = criterion(logits.float(), target, weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.optim.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if per_step:
-                scheduler.step()
-            criterion.check_targets = False  # checked once; avoids a host sync per step
-            loss_sum += loss.detach()
-            seen += image.shape[0]
-            if show and (i % 5 == 4 or i == steps - 1):  # a host sync only every few steps
-                rate = seen / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{rate:.1f}")
-        train_time = time.perf_counter() - start
-        train_loss = _reduce_mean(loss_sum, steps, rt)
 
-        want_previews = rt.is_main and (epoch % tc.plot_every == 0 or epoch == tc.epochs)
-        val_loss, scores, previews = _validate(unwrap(model), val_loader, criterion, K, ignore,
-                                               rt, tc.num_preview if want_previews else 0)
-        if not per_step:
-            scheduler.step(scores["mean_dice"] if not math.isnan(scores["mean_dice"]) else 0.0)
-        dice = scores["mean_dice"]
-        improved = not math.isnan(dice) and dice > best_dice
-        best_dice = dice if improved else best_dice
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "val_dice": dice, "val_iou": scores["mean_iou"],
-               "val_precision": scores["mean_precision"], "val_recall": scores["mean_recall"],
-               "val_pixel_accuracy": scores["pixel_accuracy"],
-               **{f"val_dice_{name}": d for name, d in
-                  zip(class_names_of(data_cfg), scores["dice"])},
-               "lr": optimizer.param_groups[0]["lr"], "seconds": train_time,
-               "images_per_s": seen * rt.world_size / max(train_time, 1e-9)}
-        if rt.is_main:
-            log.append(row)
-            resume_state = {
-                "epoch": epoch, "best_dice": best_dice, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-            metrics = {"epoch": epoch, **scores, "val_loss": val_loss}
-            save_checkpoint(last_dir, model, config, metrics, resume_state)
-            if improved:  # also resumable: fine-tune from the best epoch with --resume
-                save_checkpoint(best_dir, model, config, metrics, resume_state)
-            if want_previews:
-                plot_curves(log.rows, out / "curves.png")
-                plot_predictions(previews, out / "predictions.png",
-                                 title=f"epoch {epoch}: validation Dice {dice:.3f}")
-            if show:
-                tqdm.write(f"epoch {epoch:3d}/{tc.epochs}  loss {train_loss:.4f}  "
-                           f"val loss {val_loss:.4f}  val Dice {dice:.4f}  "
-                           f"IoU {scores['mean_iou']:.4f}  {row['images_per_s']:.1f} img/s"
-                           + ("  *best*" if improved else ""))
-    if show:
-        tqdm.write(f"done: best validation Dice {best_dice:.4f}\n"
-                   f"  checkpoint  {best_dir}\n  last        {last_dir}\n"
-                   f"  metrics     {out / 'metrics.csv'}\n  curves      {out / 'curves.png'}\n"
-                   f"  predictions {out / 'predictions.png'}")
-    history = log.rows if log is not None else []
+def train_one_epoch(run: Run, epoch: int, show: bool) -> tuple[float, int, float]:
+    """One pass over the training loader: (mean loss over the applied steps, crops seen,
+    seconds)."""
+    run.model.train()
+    reseed(run, epoch)
+    loss_sum = torch.zeros((), device=run.rt.device)
+    applied, seen, start = 0, 0, time.perf_counter()
+    steps = len(run.loader)
+    # disable=None: no bar when the output is not a terminal (logs stay readable).
+    bar = tqdm(run.loader, desc=f"epoch {epoch}/{run.config.train.epochs}",
+               disable=None if show else True, leave=False, unit="batch", dynamic_ncols=True)
+    for i, batch in enumerate(bar):
+        loss = training_step(run, batch, epoch, i + 1)
+        if loss is not None:
+            loss_sum += loss
+            applied += 1
+        seen += batch["image"].shape[0]
+        if show and (i % 5 == 4 or i == steps - 1):  # a host sync only every few steps
+            bar.set_postfix(loss=f"{loss_sum.item() / max(applied, 1):.4f}",
+                            lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    return reduce_mean(loss_sum, applied, run.rt), seen, time.perf_counter() - start
+
+
+def training_step(run: Run, batch: dict, epoch: int, step: int) -> torch.Tensor | None:
+    """Forward, loss, backward and (unless the guard skips it) the update for one batch;
+    the detached loss, or None for a skipped step."""
+    rt = run.rt
+    batch = run.augmenter(move_batch(batch, rt.device))
+    image = batch["image"]
+    if rt.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        logits = run.step_model(image)
+    # Valid padding: the output is the centre of the input, so is the target.
+    target = center_crop(batch["mask"], *logits.shape[-2:])
+    weight = center_crop(batch["weight"], *logits.shape[-2:])
+    loss = run.criterion(logits.float(), target, weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    clip = run.config.optim.grad_clip or math.inf  # inf: measure the norm, clip nothing
+    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    run.criterion.check_targets = False  # checked once; avoids a host sync per step
+    # One host sync per step: the guard must see the loss before the update is applied.
+    loss_value, norm_value = _global_values(loss.detach(), grad_norm, rt)
+    if not run.guard.allow_step(loss_value, norm_value, epoch, step):
+        run.scaler.update()  # under fp16, lowers the loss scale after an overflow
+        return None
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.per_step:
+        run.scheduler.step()
+    return loss.detach()
+
+
+def _global_values(loss: torch.Tensor, grad_norm: torch.Tensor, rt: Runtime):
+    """(loss averaged over ranks, gradient norm) as floats: every rank decides the same."""
+    pair = torch.stack([loss.float(), grad_norm.float().to(loss.device)])
     if rt.distributed:
-        dist.barrier()
-    return TrainResult(out, best_dir, last_dir, best_dice, tc.epochs, history)
+        dist.all_reduce(pair)
+        pair[0] /= rt.world_size
+        pair[1] /= rt.world_size  # the same on every rank after DDP's gradient all-reduce
+    loss_value, norm_value = pair.tolist()
+    return loss_value, norm_value
+
+
+def epoch_row(run: Run, epoch: int, train_loss: float, val_loss: float, scores: dict,
+              seen: int, seconds: float) -> dict[str, float]:
+    """The epoch's line of metrics.csv."""
+    names = class_names_of(run.config.data)
+    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "val_dice": scores["mean_dice"], "val_iou": scores["mean_iou"],
+            "val_precision": scores["mean_precision"], "val_recall": scores["mean_recall"],
+            "val_pixel_accuracy": scores["pixel_accuracy"],
+            **{f"val_dice_{name}": d for name, d in zip(names, scores["dice"])},
+            "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
+            "images_per_s": seen * run.rt.world_size / max(seconds, 1e-9),
+            "skipped_steps": run.guard.skipped}
+
+
+def update_best(run: Run, dice: float) -> bool:
+    """Step a per-epoch schedule; True when this epoch is the best so far (until an epoch
+    has a Dice, the latest one is, so a run always has a best checkpoint)."""
+    if not run.per_step:
+        run.scheduler.step(dice if not math.isnan(dice) else 0.0)
+    first = math.isinf(run.best_dice)  # no epoch with a Dice yet: the latest is the best
+    improved = first or (not math.isnan(dice) and dice > run.best_dice)
+    if improved and not math.isnan(dice):
+        run.best_dice = dice
+    return improved
+
+
+def save_epoch(run: Run, epoch: int, row: dict[str, float], metrics: dict, improved: bool,
+               figures: bool) -> None:
+    """metrics.csv, the last (and maybe best) checkpoint, and the figures (main process)."""
+    run.log.append(row)
+    resume_state = {"epoch": epoch, "best_dice": run.best_dice,
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()}
+    save_checkpoint(run.last_dir, run.model, run.config, metrics, resume_state)
+    if improved:  # also resumable: fine-tune from the best epoch with --resume
+        save_checkpoint(run.best_dir, run.model, run.config, metrics, resume_state)
+    if figures:
+        plot_curves(run.log.rows, run.out / "curves.png")
+        plot_predictions(run.previews, run.out / "predictions.png",
+                         title=f"epoch {epoch}: validation Dice {row['val_dice']:.3f}")
+
+
+def announce(run: Run, requested: Config) -> None:
+    """The run's first lines: what trains where, and any setting that was adjusted."""
+    config = run.config
+    tqdm.write(f"unetkit: {config.model.arch} on {run.rt.device} ({_precision_name(run.rt)}), "
+               f"{len(run.train_ds)} training / {len(run.val_ds)} validation images, "
+               f"{len(run.loader)} steps per epoch, writing to {run.out}")
+    if config.data.patch_size != requested.data.patch_size:
+        side = valid_output_size(config.data.patch_size, config.model.depth)
+        tqdm.write(f"note: patch size {requested.data.patch_size} is not a valid input "
+                   f"for this valid-padding U-Net; using {config.data.patch_size} (output "
+                   f"{side}x{side}, margin {config.data.context} px)")
+
+
+def report_epoch(run: Run, row: dict[str, float], improved: bool) -> None:
+    skipped = f"  {row['skipped_steps']} step(s) skipped" if row["skipped_steps"] else ""
+    tqdm.write(f"epoch {row['epoch']:3d}/{run.config.train.epochs}  loss "
+               f"{row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val Dice "
+               f"{row['val_dice']:.4f}  IoU {row['val_iou']:.4f}  "
+               f"{row['images_per_s']:.1f} img/s" + skipped + ("  *best*" if improved else ""))
+
+
+def report_end(run: Run) -> None:
+    best = "n/a" if math.isinf(run.best_dice) else f"{run.best_dice:.4f}"
+    tqdm.write(f"done: best validation Dice {best}\n"
+               f"  checkpoint  {run.best_dir}\n  last        {run.last_dir}\n"
+               f"  metrics     {run.out / 'metrics.csv'}\n  curves      "
+               f"{run.out / 'curves.png'}\n  predictions {run.out / 'predictions.png'}")
 
 
 def _precision_name(rt: Runtime) -> str:
-    name = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast",
-            torch.float16: "fp16 autocast"}[rt.dtype]
+    name = precision_name(rt.dtype) + ("" if rt.dtype == torch.float32 else " autocast")
     return name + (", channels_last" if rt.channels_last else "")
 
 
-def _validate(model, loader, criterion, num_classes, ignore, rt: Runtime, num_preview: int):
-    """Whole validation images: (mean loss, scores, preview triples)."""
-    model.eval()
-    tracker = MetricTracker(num_classes, ignore)
-    loss_sum, count, previews = torch.zeros((), device=rt.device), 0, []
-    with torch.inference_mode(), rt.autocast():
-        for batch in loader:
-            batch = _move(batch, rt.device)
-            image = batch["image"]
-            if rt.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            logits = forward_whole(model, image).float()
-            loss_sum += criterion(logits, batch["mask"], batch["weight"])
-            count += 1
-            tracker.update(logits, batch["mask"])
-            if len(previews) < num_preview:
-                previews.append((batch["image"][0].float().cpu().numpy(),
-                                 batch["mask"][0].cpu().numpy(),
-                                 logits_to_labels(logits)[0].cpu().numpy()))
-    tracker.all_reduce()
-    return _reduce_mean(loss_sum, count, rt), tracker.compute(), previews

@@ -600,17 +600,20 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int,
-                device: torch.device | str, sampler: Any = None) -> DataLoader:
+                device: torch.device | str, sampler: Any = None,
+                num_workers: int | None = None) -> DataLoader:
     """A DataLoader for training (shuffled batches of crops) or validation (batch size 1:
     whole images differ in size).
 
-    Workers: cfg.num_workers when set, else :func:`default_num_workers`. Shuffling uses a
+    Workers: ``num_workers``, else the dataset's cfg.num_workers when set (a ``Subset``
+    has no cfg: pass the number), else :func:`default_num_workers`. Shuffling uses a
     generator seeded with ``seed``; memory is pinned only for CUDA; the last incomplete
     training batch is dropped when there is at least one full batch (BatchNorm dislikes
     tiny batches).
     """
-    cfg = getattr(dataset, "cfg", None)
-    configured = getattr(cfg, "num_workers", None)
+    configured = num_workers
+    if configured is None:
+        configured = getattr(getattr(dataset, "cfg", None), "num_workers", None)
     workers = default_num_workers() if configured is None else int(configured)
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -183,9 +183,14 @@ def valid_output_size(size: int, depth: int) -> int | None:
     return size if size > 0 else None
 
 
+def smallest_valid_input(depth: int) -> int:
+    """The smallest input side a valid-padding U-Net of ``depth`` takes (188 for depth 4)."""
+    return next(s for s in range(1, 2 ** (depth + 3) * 4) if valid_output_size(s, depth))
+
+
 def valid_margin(depth: int) -> int:
     """Pixels a valid-padding U-Net of ``depth`` loses on each side: (input - output) / 2."""
-    size = next(s for s in range(1, 2 ** (depth + 3) * 4) if valid_output_size(s, depth))
+    size = smallest_valid_input(depth)
     return (size - valid_output_size(size, depth)) // 2
 
 
