@@ -17,4 +17,5 @@ def pytest_report_header(config):
 
     dtype = select_precision(torch.device("cpu"))
     chosen = os.environ.get(PRECISION_ENV) or "unset"
-    return f"unetkit: precision auto = {precision_name(dtype)} on this CPU ({PRECISION_ENV}={chosen})"
+    return (f"unetkit: precision auto = {precision_name(dtype)} on this CPU "
+            f"({PRECISION_ENV}={chosen})")

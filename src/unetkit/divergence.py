@@ -87,6 +87,6 @@ class DivergenceGuard:
 
     def _error(self, epoch: int, step: int | None, what: str) -> DivergenceError:
         where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
-        return DivergenceError(f"training diverged at {where}: {what}; the last finished "
-                               f"epoch's checkpoint is kept. Try a lower --lr (now "
+        return DivergenceError(f"training diverged at {where}: {what}; checkpoints of "
+                               f"finished epochs are kept. Try a lower --lr (now "
                                f"{self.lr:g}), e.g. {self.lr / 10:g}")
