@@ -333,7 +333,7 @@ def test_build_loss_auto_and_names():
 
 
 def test_build_loss_rejects_unknown_and_mismatched_names():
-    with pytest.raises(ValueError, match="'lovasz'.*dice_bce"):
+    with pytest.raises(ValueError, match="lovasz.*dice_bce"):
         build_loss(LossConfig(name="lovasz"), 2, None)
     with pytest.raises(ValueError, match="num_classes=3"):
         build_loss(LossConfig(name="bce"), 3, None)

@@ -409,7 +409,7 @@ def test_blur_probability_zero_and_one():
 
 
 def test_bad_settings_and_batches_are_reported():
-    with pytest.raises(ValueError, match=r"augment\.gamma = 1\.5; expected"):
+    with pytest.raises(ValueError, match=r"--gamma 1\.5: expected >= 0 and < 1 \(augment\.gamma"):
         Augmenter(config(gamma=1.5))
     with pytest.raises(ValueError, match=r"augment\.scale"):
         Augmenter(config(scale=(1.2, 0.8)))

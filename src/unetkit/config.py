@@ -69,6 +69,11 @@ def setting(default: Any, **accepts: Any) -> Any:
     return field(default=default, metadata={"accepts": Accepts(**accepts)})
 
 
+def choices_of(cls: type, name: str) -> tuple:
+    """The values setting ``name`` of dataclass ``cls`` accepts (its declared choices)."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["accepts"].choices
+
+
 class SettingError(ValueError):
     """A setting outside its accepted values; the message names flag, value and range."""
 
@@ -144,7 +149,7 @@ class DataConfig(_Checked):
     mask_encoding: str = setting("auto", choices=("auto", "binary", "index", "palette"))
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
     ignore_index: int | None = setting(None, ge=0)  # mask value that no loss or metric counts
-    val_fraction: float = setting(0.2, gt=0, lt=1)  # held out unless ROOT/train, ROOT/val exist
+    val_fraction: float = setting(0.2, ge=0, lt=1)  # held out unless ROOT/train, ROOT/val exist
     patch_size: int = setting(256, ge=1)  # training crop, pixels (input side for valid padding)
     context: int = setting(0, ge=0)  # mirrored border around each training crop, pixels
     foreground_oversample: float = setting(0.33, ge=0, le=1)  # P(crop centred on foreground)

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unetkit.config import LossConfig
+from unetkit.config import LossConfig, choices_of
 
-LOSS_NAMES = ("auto", "bce", "ce", "dice", "dice_bce", "dice_ce", "focal")
+LOSS_NAMES = choices_of(LossConfig, "name")  # declared once, in config.py
 
 _CROP_HINT = (
     "With padding='valid' the network output is smaller than its input: crop the target "

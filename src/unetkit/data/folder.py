@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, Dataset
 from unetkit.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from unetkit.data.io import (
     IMAGE_SUFFIXES,
-    MASK_ENCODINGS,
     DataError,
     read_image,
     read_instances,
@@ -500,8 +499,6 @@ class SegmentationDataset(Dataset):
 def _check_config(cfg: DataConfig) -> None:
     if cfg.num_classes < 2:
         raise ValueError(f"num_classes={cfg.num_classes}; it counts the background, so >= 2")
-    if cfg.mask_encoding not in MASK_ENCODINGS:
-        raise ValueError(f"mask_encoding={cfg.mask_encoding!r}; expected one of {MASK_ENCODINGS}")
     if cfg.normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize={cfg.normalize!r}; expected one of {NORMALIZE_MODES}")
     if cfg.ignore_index is not None and 0 <= cfg.ignore_index < cfg.num_classes:

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = (None, "batch", "instance", "group")
+from ..config import ModelConfig, choices_of
+
+NORMS = choices_of(ModelConfig, "norm")  # declared once, in config.py
 
 
 def make_norm(kind: str | None, channels: int) -> nn.Module:
