@@ -26,6 +26,7 @@ from .data.io import IMAGE_SUFFIXES, DataError, read_image, read_mask
 from .errors import writing
 from .inference import normalize_image, predict
 from .metrics import confusion_matrix, hausdorff95, scores
+from .outputs import num_classes_of
 from .runtime import select_device
 
 __all__ = ["evaluate_folder", "format_table", "find_pairs", "scan_pairs", "METRICS"]
@@ -121,7 +122,7 @@ def evaluate_folder(
     pairs, failed = scan_pairs(data_dir)  # failed: listed and skipped, not fatal
     total_images = len(pairs) + len(failed)
     data = config.data
-    num_classes = max(config.model.out_channels, 2)
+    num_classes = num_classes_of(config.model.out_channels)
     if data.num_classes != num_classes:
         raise DataError(f"checkpoint {checkpoint}: data.num_classes={data.num_classes} but "
                         f"the model predicts {num_classes} classes "

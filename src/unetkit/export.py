@@ -40,6 +40,7 @@ from .errors import UserError, writing
 from .models import UNet
 from .models.blocks import pad_to_multiple
 from .models.unet import nearest_valid_sizes
+from .outputs import logit_channels
 
 __all__ = ["export_model", "SizeAgnostic", "ExportError", "FORMATS"]
 
@@ -117,7 +118,7 @@ def _add_onnx_metadata(path: Path, config) -> None:
 
     model = onnx.load(str(path))
     data = config.data
-    binary = config.model.out_channels == 1
+    binary = logit_channels(config.data.num_classes) == 1
     meta = {
         "input": "image (N, C, H, W) float32 in [0, 1] by the file's bit depth, then "
                  "(x - mean) / std per channel",

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unetkit.config import LossConfig, choices_of
+from unetkit.outputs import is_binary, logit_channels
 
 LOSS_NAMES = choices_of(LossConfig, "name")  # declared once, in config.py
 
@@ -108,7 +109,7 @@ def _ce_map(x: Tensor, t: Tensor) -> Tensor:
 
 def _log_p_true(x: Tensor, t: Tensor) -> Tensor:
     """log of the predicted probability of the true class, (B, H, W)."""
-    if x.shape[1] == 1:
+    if is_binary(x):
         return -_bce_map(x, t)
     return F.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
 
@@ -137,7 +138,7 @@ def _soft_dice_loss(
     x: Tensor, t: Tensor, w: Tensor, include_background: bool, smooth: float
 ) -> Tensor:
     """1 - mean over classes of the batch-wide weighted soft Dice; see :class:`DiceLoss`."""
-    if x.shape[1] == 1:
+    if is_binary(x):
         prob = torch.sigmoid(x)  # (B, 1, H, W): foreground probability only
         truth = t.unsqueeze(1).to(x.dtype)
     else:
@@ -310,12 +311,10 @@ def build_loss(cfg: LossConfig, num_classes: int, ignore_index: int | None) -> n
     num_classes == 2 means a 1-logit binary model (sigmoid), more means K logits (softmax);
     "auto" picks dice_bce for binary and dice_ce otherwise.
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
     name = cfg.name
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss.name {name!r}; known: {', '.join(LOSS_NAMES)}")
-    binary = num_classes == 2
+    binary = logit_channels(num_classes) == 1
     if name == "auto":
         name = "dice_bce" if binary else "dice_ce"
     if name in ("bce", "dice_bce") and not binary:

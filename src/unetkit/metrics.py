@@ -22,6 +22,8 @@ import torch.distributed as dist
 from scipy import ndimage
 from torch import Tensor
 
+from .outputs import check_num_classes, labels, logit_channels
+
 _CROP_HINT = (
     "With padding='valid' the network output is smaller than its input: crop the target "
     "to the output's size with center_crop first."
@@ -75,14 +77,8 @@ def confusion_matrix(
     return counts[: k * k].reshape(k, k)
 
 
-def logits_to_labels(logits: Tensor) -> Tensor:
-    """(B, C, H, W) logits -> (B, H, W) int64 labels: logit > 0 (sigmoid > 0.5) when C == 1,
-    argmax over C otherwise."""
-    if logits.ndim < 2:
-        raise ValueError(f"logits must have shape (B, C, ...), got shape {tuple(logits.shape)}")
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)
+# (B, C, H, W) logits -> (B, H, W) labels, by the output convention (unetkit.outputs).
+logits_to_labels = labels
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -135,8 +131,7 @@ class MetricTracker:
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.confusion: Tensor | None = None  # (K, K) int64, created on the first update
@@ -150,7 +145,8 @@ class MetricTracker:
         x = logits_or_labels.detach()
         target = target.detach()
         if x.ndim == target.ndim + 1:
-            allowed = (1, 2) if self.num_classes == 2 else (self.num_classes,)
+            # A binary task may come as 1 logit (the convention) or 2 softmax channels.
+            allowed = tuple({logit_channels(self.num_classes), self.num_classes})
             if x.shape[1] not in allowed:
                 raise ValueError(
                     f"logits of shape {tuple(x.shape)} have {x.shape[1]} channels, expected "

@@ -48,6 +48,7 @@ from .models.unet import (
     valid_output_size,
 )
 from .optim import make_optimizer, make_scheduler
+from .outputs import logit_channels
 from .report import MetricsLog, plot_curves, plot_predictions
 from .runtime import Runtime, make_runtime, precision_name
 from .validation import forward_whole, move_batch, reduce_mean, validate
@@ -111,8 +112,7 @@ def prepare_config(config: Config) -> Config:
     data, model = config.data, config.model
     if data.root is None and data.demo == "multiclass" and data.num_classes == 2:
         data = dataclasses.replace(data, num_classes=4)
-    out_channels = 1 if data.num_classes == 2 else data.num_classes
-    model = dataclasses.replace(model, out_channels=out_channels)
+    model = dataclasses.replace(model, out_channels=logit_channels(data.num_classes))
     smallest, why = _smallest_patch(model)
     if data.patch_size < smallest:
         raise setting_error("data", "patch_size", data.patch_size, f">= {smallest} ({why})")

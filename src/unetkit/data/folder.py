@@ -497,8 +497,7 @@ class SegmentationDataset(Dataset):
 
 
 def _check_config(cfg: DataConfig) -> None:
-    if cfg.num_classes < 2:
-        raise ValueError(f"num_classes={cfg.num_classes}; it counts the background, so >= 2")
+    # num_classes >= 2 is DataConfig's own range (config.py).
     if cfg.normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize={cfg.normalize!r}; expected one of {NORMALIZE_MODES}")
     if cfg.ignore_index is not None and 0 <= cfg.ignore_index < cfg.num_classes:
