@@ -23,7 +23,7 @@ def test_binary_logit_gives_sigmoid_pair_and_threshold_labels():
 
 
 def test_several_logits_give_softmax_and_argmax():
-    logits = torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 0.0]]).T.reshape(1, 3, 1, 2)
+    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 3.0]], [[2.0, 0.0]]]])  # (1, 3, 1, 2)
     probs = probabilities(logits.to(torch.bfloat16))
     assert probs.dtype == torch.float32 and torch.allclose(probs.sum(1), torch.ones(1, 1, 2))
     assert labels(logits).tolist() == [[[2, 1]]]
