@@ -284,7 +284,7 @@ def loaded_allocator() -> str:
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        from unetkit.cli import allocator_name
+        from unetkit.process import allocator_name
 
         return allocator_name()
     return "tcmalloc" if "tcmalloc" in maps else ("jemalloc" if "jemalloc" in maps
@@ -609,7 +609,7 @@ def resolve_device(name: str):
 # ----------------------------------------------------------------------------- parent side
 def find_tcmalloc() -> str | None:
     try:
-        from unetkit.cli import _find_tcmalloc
+        from unetkit.process import _find_tcmalloc
     except ImportError:  # pragma: no cover - the package moved
         return None
     return _find_tcmalloc()
@@ -753,7 +753,7 @@ def cpu_description() -> dict:
 def run_all(args) -> int:
     import torch
 
-    from unetkit.data.folder import available_cores
+    from unetkit.process import available_cores
     from unetkit.runtime import cpu_has_fast_bf16
 
     sizes = QUICK if args.quick else FULL

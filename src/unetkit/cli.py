@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import SECTIONS, Config, InferenceConfig, flag_name
 from .errors import UserError
+from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
 
 # Set from the data (image channels, number of classes), not by the user.
 DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("data", "context")}
@@ -27,53 +28,6 @@ AUTOCAST = {"auto": None, "fp32": False, "bf16": True}  # --precision -> predict
 # unless --debug or UNETKIT_DEBUG=1). DataError, SettingError and CheckpointError are
 # ValueErrors; WriteError, DivergenceError and ExportError are UserErrors.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, ImportError)
-
-
-# -- process set-up -------------------------------------------------------------------
-def _find_tcmalloc() -> str | None:
-    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
-                   "/usr/lib", "/usr/local/lib"):
-        for name in ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"):
-            path = os.path.join(folder, name)
-            if os.path.exists(path):
-                return path
-    return None
-
-
-def _relaunch_if_needed(argv: list[str]) -> None:
-    """Re-execute once with a fast allocator and polite OpenMP threads.
-
-    glibc's allocator hands large activation buffers back to the kernel after every step
-    and faults them in again (we counted 128k-574k page faults per training step);
-    tcmalloc keeps them, 1.06-1.93x faster in our measurements. Both settings must be in
-    the environment before the process starts (LD_PRELOAD) or before torch loads
-    (OMP_WAIT_POLICY), hence the re-exec. UNETKIT_NO_TCMALLOC=1 opts out.
-    """
-    if os.environ.get("UNETKIT_RELAUNCHED") or "torch" in sys.modules:
-        return
-    env = dict(os.environ, UNETKIT_RELAUNCHED="1")
-    changed = False
-    if "OMP_WAIT_POLICY" not in env:
-        # Spinning OpenMP threads steal the core the others need: with one other busy
-        # process on a 2-core machine, training ran 7.7x slower.
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-        changed = True
-    lib = None if env.get("UNETKIT_NO_TCMALLOC") else _find_tcmalloc()
-    if lib and "tcmalloc" not in env.get("LD_PRELOAD", ""):
-        env["LD_PRELOAD"] = ":".join(filter(None, [lib, env.get("LD_PRELOAD", "")]))
-        changed = True
-    if changed:
-        # The new process must find this copy of unetkit even when it is not installed
-        # (python train.py in a plain clone puts src/ on sys.path only for itself).
-        here = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH", "")]))
-        os.execve(sys.executable, [sys.executable, "-m", "unetkit", *argv], env)
-
-
-def allocator_name() -> str:
-    preload = os.environ.get("LD_PRELOAD", "")
-    return "tcmalloc" if "tcmalloc" in preload else ("jemalloc" if "jemalloc" in preload
-                                                      else "glibc malloc")
 
 
 # -- flags from the config dataclasses ------------------------------------------------
@@ -383,7 +337,7 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
         relaunch = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if relaunch:
-        _relaunch_if_needed(argv)
+        relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,4 +1,5 @@
-"""Where and how fast to run: device, precision, memory layout, threads, distributed setup.
+"""Where and how fast to run: device, precision, memory layout, distributed setup (the
+process itself, its allocator and threads, is set up by :mod:`unetkit.process`).
 
 The defaults pick the fastest settings that are still correct for the device: bf16
 autocast and channels_last on a CPU with native bf16 (AVX-512 BF16 / AMX), bf16 (or fp16
