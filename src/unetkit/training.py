@@ -40,6 +40,7 @@ from .data.transforms import Augmenter
 from .divergence import DivergenceGuard
 from .errors import writing
 from .losses import build_loss
+from .models import check_model
 from .models.blocks import center_crop
 from .models.unet import (
     nearest_valid_sizes,
@@ -109,6 +110,7 @@ def prepare_config(config: Config) -> Config:
     of demo classes, the model's output channels, a valid patch for valid padding.
     Raises SettingError for a patch smaller than the model can take."""
     data, model = config.data, config.model
+    check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
     if data.root is None and data.demo == "multiclass" and data.num_classes == 2:
         data = dataclasses.replace(data, num_classes=4)
     out_channels = 1 if data.num_classes == 2 else data.num_classes
