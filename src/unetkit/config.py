@@ -122,8 +122,8 @@ class ModelConfig(_Checked):
     # the paper: 0.5
     dropout: float = setting(0.0, ge=0, lt=1)  # dropout at the end of the contracting path
     # ResNetUNet (arch resnet_unet). The encoder is checked against unetkit.models.ENCODERS.
-    encoder: str | None = None  # resnet18 ... resnet152 or a registered name; none: resnet_depth
-    resnet_depth: int = setting(34, choices=(18, 34, 50, 101, 152))  # encoder when --encoder none
+    encoder: str | None = None  # resnet18 ... resnet152 or a registered name; none: --resnet-depth
+    resnet_depth: int = setting(34, choices=(18, 34, 50, 101, 152))  # ResNet if --encoder is none
     pretrained: bool | str = False  # False, True (torchvision file in the hub cache) or a path
     freeze_encoder: bool = False  # ResNetUNet: fix encoder weights and BN statistics
     decoder_channels: tuple[int, ...] = setting((256, 128, 64, 32, 16), ge=1)  # ResNetUNet decoder

@@ -8,7 +8,7 @@ trains a U-Net decoder on it (see :class:`~unetkit.models.encoder_unet.EncoderUN
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,7 +99,7 @@ def build_encoder(name: str, in_channels: int,
     return encoder
 
 
-def known(names: Sequence[str] | dict) -> str:
+def known(names: Iterable[str]) -> str:
     """``"a, b, c"``: the names a lookup error lists."""
     return ", ".join(names)
 

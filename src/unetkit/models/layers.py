@@ -1,11 +1,9 @@
 """Layer classes by number of spatial dimensions: where 2D versus 3D is decided.
 
-Decision: the networks will take one ``dims`` argument (2 or 3) at construction and look
-their layers up here (``CONV[dims]``...), MONAI-style, instead of keeping 2D and 3D copies
-of each network: the U-Net topology, size arithmetic and decoder are the same in 3D, only
-the layer classes change. Today only ``dims=2`` is used; the blocks in ``blocks.py`` take
-``dims`` (default 2) and nothing else does yet. The ResNet encoder stays 2D (torchvision's
-weights are 2D), and the tensor helpers in ``blocks.py`` still work on the last two axes.
+Networks will take one ``dims`` argument (2 or 3) and look their layers up here
+(``CONV[dims]``, MONAI-style) rather than exist as 2D and 3D copies: the U-Net topology,
+size arithmetic and decoder are the same in 3D, only the layer classes differ. Today only
+``blocks.py`` takes ``dims`` (default 2); the ResNet encoder stays 2D (its weights are).
 """
 
 from __future__ import annotations
