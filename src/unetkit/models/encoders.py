@@ -32,7 +32,8 @@ class Encoder(Protocol):
     ``features(x)`` takes (B, in_channels, H, W) with H and W multiples of
     ``size_multiple`` and returns one map per stage, shallow to deep: map i has
     ``feature_channels[i]`` channels and stride ``2 ** (i + 1)`` (H / 2 ... H / 2**n), so
-    ``size_multiple`` is ``2 ** len(feature_channels)``. The decoder upsamples x2 per stage.
+    ``size_multiple`` is at least ``2 ** len(feature_channels)``. The decoder upsamples x2
+    per stage.
     """
 
     in_channels: int
