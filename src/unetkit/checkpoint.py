@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import Config, ModelConfig
+from .config import Config, SettingError
 from .divergence import nonfinite_tensors
 from .errors import writing
-from .models import ResNetUNet, UNet
+from .models import build_model  # re-exported: callers import it from here
 from .models.fuse import fold_batchnorm as fold_conv_batchnorm
 
 WEIGHTS, CONFIG, METRICS, STATE = "model.safetensors", "config.json", "metrics.json", "state.pt"
@@ -37,23 +37,6 @@ WEIGHTS, CONFIG, METRICS, STATE = "model.safetensors", "config.json", "metrics.j
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or does not match its model."""
-
-
-def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> nn.Module:
-    """The network described by ``cfg``. ``load_pretrained=False`` skips reading ImageNet
-    weights (used when a checkpoint's own weights replace them anyway)."""
-    if cfg.arch == "unet":
-        return UNet(
-            cfg.in_channels, cfg.out_channels, features=cfg.features, depth=cfg.depth,
-            padding=cfg.padding, upsample=cfg.upsample, norm=cfg.norm, dropout=cfg.dropout,
-        )
-    if cfg.arch == "resnet_unet":
-        return ResNetUNet(
-            cfg.out_channels, pretrained=cfg.pretrained if load_pretrained else False,
-            depth=cfg.resnet_depth, in_channels=cfg.in_channels,
-            decoder_channels=tuple(cfg.decoder_channels), freeze_encoder=cfg.freeze_encoder,
-        )
-    raise ValueError(f"model arch must be 'unet' or 'resnet_unet', got {cfg.arch!r}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -119,7 +102,10 @@ def load_checkpoint(
     """
     folder = _check_folder(folder, need_state=False)
     config = load_config(folder)
-    model = build_model(config.model, load_pretrained=False)
+    try:
+        model = build_model(config.model, load_pretrained=False)
+    except SettingError as err:  # e.g. an encoder registered by code not imported here
+        raise CheckpointError(f"{folder / CONFIG}: {err}") from err
     try:
         weights = load_file(str(folder / WEIGHTS))
     except Exception as err:

@@ -113,7 +113,9 @@ class ModelConfig(_Checked):
     1 logit for a binary task (sigmoid), K logits for K >= 3 classes (softmax)."""
 
     SECTION: typing.ClassVar[str] = "model"
-    arch: str = setting("unet", choices=("unet", "resnet_unet"))
+    # Checked against unetkit.models.ARCHITECTURES (which imports this module, so the
+    # names cannot be listed here).
+    arch: str = "unet"  # unet or resnet_unet (a U-Net decoder on --encoder)
     in_channels: int = setting(1, ge=1)
     out_channels: int = setting(1, ge=1)
     # UNet
@@ -124,8 +126,9 @@ class ModelConfig(_Checked):
     norm: str | None = setting("batch", choices=(None, "batch", "instance", "group"))
     # the paper: 0.5
     dropout: float = setting(0.0, ge=0, lt=1)  # dropout at the end of the contracting path
-    # ResNetUNet
-    resnet_depth: int = setting(34, choices=(18, 34, 50, 101, 152))  # ResNetUNet encoder
+    # ResNetUNet (arch resnet_unet). The encoder is checked against unetkit.models.ENCODERS.
+    encoder: str | None = None  # resnet18 ... resnet152 or a registered name; none: --resnet-depth
+    resnet_depth: int = setting(34, choices=(18, 34, 50, 101, 152))  # ResNet if --encoder is none
     pretrained: bool | str = False  # False, True (torchvision file in the hub cache) or a path
     freeze_encoder: bool = False  # ResNetUNet: fix encoder weights and BN statistics
     decoder_channels: tuple[int, ...] = setting((256, 128, 64, 32, 16), ge=1)  # ResNetUNet decoder

@@ -34,12 +34,13 @@ from .checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from .config import Config, ModelConfig, class_names_of, setting_error
+from .config import IMAGENET_MEAN, IMAGENET_STD, Config, ModelConfig, class_names_of, setting_error
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
 from .divergence import DivergenceGuard
 from .errors import writing
 from .losses import build_loss
+from .models import check_model, pretrained_normalization
 from .models.blocks import center_crop
 from .models.unet import (
     nearest_valid_sizes,
@@ -110,6 +111,7 @@ def prepare_config(config: Config) -> Config:
     of demo classes, the model's output channels, a valid patch for valid padding.
     Raises SettingError for a patch smaller than the model can take."""
     data, model = config.data, config.model
+    check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
     if data.root is None and data.demo == "multiclass" and data.num_classes == 2:
         data = dataclasses.replace(data, num_classes=4)
     model = dataclasses.replace(model, out_channels=logit_channels(data.num_classes))
@@ -249,10 +251,12 @@ def build_run(requested: Config, state: dict | None) -> Run:
 def build_data(config: Config):
     """(train dataset, validation dataset, config with the data's statistics, class names
     and channel count filled in)."""
-    # ImageNet statistics only for an ImageNet-pretrained encoder (normalize "auto").
-    imagenet = config.model.arch == "resnet_unet" and bool(config.model.pretrained)
-    train_ds, val_ds, data_cfg = build_datasets(config.data, config.train.seed,
-                                                pretrained=imagenet)
+    # normalize "auto": the statistics the encoder's pretrained weights expect, if any.
+    stats, data = pretrained_normalization(config.model), config.data
+    imagenet = stats == (IMAGENET_MEAN, IMAGENET_STD)
+    if stats is not None and not imagenet and data.normalize == "auto":
+        data = dataclasses.replace(data, normalize="dataset", mean=stats[0], std=stats[1])
+    train_ds, val_ds, data_cfg = build_datasets(data, config.train.seed, pretrained=imagenet)
     if not data_cfg.class_names:  # names for reports, predictions and exports
         data_cfg = dataclasses.replace(data_cfg, class_names=tuple(class_names_of(data_cfg)))
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)

@@ -1,6 +1,9 @@
 """Small building blocks shared by the networks: the double convolution, normalisation
 choice, centre crop and the pad-to-a-multiple helper that lets same-padding networks
-take any H x W."""
+take any H x W.
+
+The layer classes come from :mod:`.layers` by number of spatial dimensions (``dims``,
+default 2); see there for why."""
 
 from __future__ import annotations
 
@@ -10,19 +13,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, choices_of
+from .layers import BATCH_NORM, CONV, CONV_CLASSES, INSTANCE_NORM, NORM_CLASSES, check_dims
 
 NORMS = choices_of(ModelConfig, "norm")  # declared once, in config.py
 
 
-def make_norm(kind: str | None, channels: int) -> nn.Module:
+def make_norm(kind: str | None, channels: int, dims: int = 2) -> nn.Module:
     """The normalisation layer after each convolution: BatchNorm, InstanceNorm, GroupNorm
-    or none (``nn.Identity``, the paper's choice)."""
+    or none (``nn.Identity``, the paper's choice), for ``dims`` spatial dimensions."""
     if kind is None or kind == "none":
         return nn.Identity()
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return BATCH_NORM[check_dims(dims)](channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return INSTANCE_NORM[check_dims(dims)](channels, affine=True)
     if kind == "group":
         # 8 groups where the width allows it (32 is common for wide ImageNet nets; U-Net
         # levels start at 16-64 channels, where 8 keeps groups of at least 2 channels).
@@ -35,14 +39,17 @@ class ConvNormReLU(nn.Sequential):
     """3x3 convolution -> normalisation -> ReLU.
 
     ``padding=0`` is the paper's unpadded ("valid") convolution: H x W -> (H-2) x (W-2).
+    ``dims``: spatial dimensions (2: (B, C, H, W) maps; 3 is not used yet).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None):
+    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None,
+                 dims: int = 2):
         # With a normalisation layer the convolution's bias is redundant (the norm's shift
         # replaces it), so it is left out, as torchvision does.
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=norm in (None, "none")),
-            make_norm(norm, out_ch),
+            CONV[check_dims(dims)](in_ch, out_ch, 3, padding=padding,
+                                   bias=norm in (None, "none")),
+            make_norm(norm, out_ch, dims),
             nn.ReLU(inplace=True),
         )
 
@@ -51,10 +58,11 @@ class DoubleConv(nn.Sequential):
     """Two ``ConvNormReLU``: the unit of every U-Net level. Valid padding shrinks each side
     by 4 pixels; same padding keeps H x W."""
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None):
+    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None,
+                 dims: int = 2):
         super().__init__(
-            ConvNormReLU(in_ch, out_ch, padding, norm),
-            ConvNormReLU(out_ch, out_ch, padding, norm),
+            ConvNormReLU(in_ch, out_ch, padding, norm, dims),
+            ConvNormReLU(out_ch, out_ch, padding, norm, dims),
         )
 
 
@@ -112,11 +120,11 @@ def init_kaiming(module: nn.Module) -> None:
     """He initialisation (std = sqrt(2 / fan_in)), the paper's choice for ReLU networks;
     normalisation layers start as the identity."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, CONV_CLASSES):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
+        elif isinstance(m, NORM_CLASSES):
             if m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -6,10 +6,14 @@ Bottleneck blocks put the stride on the 3x3 convolution ("ResNet V1.5"), as torc
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from .blocks import check_input
+from .pretrained import find_weights, load_resnet_weights
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -75,7 +79,8 @@ LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 
 
 class ResNet(nn.Module):
-    """ResNet classifier, also used as the ResNetUNet encoder.
+    """ResNet classifier, also an :class:`~unetkit.models.encoders.Encoder` (the
+    ``resnet18`` ... ``resnet152`` encoders of ResNetUNet).
 
     Args:
         depth: 18, 34, 50, 101 or 152.
@@ -86,6 +91,11 @@ class ResNet(nn.Module):
     stage i has ceil(H / 2**i) rows. ``forward`` returns logits (B, num_classes);
     :meth:`features` returns the five stage outputs used as U-Net skips.
     """
+
+    #: sides a U-Net decoder needs: five stride-2 steps
+    size_multiple = 32
+    #: torchvision's ImageNet weights expect ImageNet statistics (RGB, images in [0, 1])
+    pretrained_normalization = (IMAGENET_MEAN, IMAGENET_STD)
 
     def __init__(self, depth: int = 50, in_channels: int = 3, num_classes: int | None = 1000):
         super().__init__()
@@ -127,6 +137,12 @@ class ResNet(nn.Module):
         self._in_ch = width * block.expansion
         layers += [block(self._in_ch, width) for _ in range(1, count)]
         return nn.Sequential(*layers)
+
+    def load_pretrained(self, source: bool | str | os.PathLike) -> None:
+        """Load torchvision's ImageNet file for this depth (``True``: from torch.hub's
+        checkpoint folder) or a file in its layout; ``fc.*`` is ignored and the stem is
+        adapted to ``in_channels``."""
+        load_resnet_weights(self, find_weights(self.depth, source))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Five maps at strides 2, 4, 8, 16, 32 with ``feature_channels`` channels."""

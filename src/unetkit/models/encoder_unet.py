@@ -1,0 +1,94 @@
+"""EncoderUNet: a U-Net decoder on any :class:`~unetkit.models.encoders.Encoder`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import DoubleConv, check_input, init_kaiming, pad_to_multiple
+from .encoders import Encoder
+
+__all__ = ["EncoderUNet", "DecoderBlock"]
+
+
+class DecoderBlock(nn.Module):
+    """Upsample x2 (nearest), concatenate the skip (if any), two 3x3 conv + BN + ReLU.
+
+    (B, in_ch, h, w) and skip (B, skip_ch, 2h, 2w) -> (B, out_ch, 2h, 2w).
+    """
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = DoubleConv(in_ch + skip_ch, out_ch, padding=1, norm="batch")
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv(x)
+
+
+class EncoderUNet(nn.Module):
+    """U-Net whose contracting path is ``encoder`` (see :class:`Encoder`).
+
+    Args:
+        encoder: its n feature maps (strides 2 .. 2**n) are the skips; the deepest one
+            starts the decoder. Kept as ``self.encoder`` (weights ``encoder.*``).
+        num_classes: output logits (1 for binary segmentation).
+        decoder_channels: output channels of the n decoder stages, deepest first; stage i
+            upsamples x2 and concatenates the encoder map of the same stride (the last
+            stage, back at full resolution, has no skip).
+        freeze_encoder: do not train the encoder; its BatchNorm statistics also stay fixed
+            (the encoder stays in eval mode even in ``model.train()``).
+
+    Input (B, in_channels, H, W) of ANY size; output logits (B, num_classes, H, W): the
+    input is padded internally (edge replication) to a multiple of the encoder's
+    ``size_multiple`` and the output cropped back.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int = 1,
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+                 freeze_encoder: bool = False):
+        super().__init__()
+        if not isinstance(encoder, Encoder):
+            raise TypeError(f"{type(encoder).__name__} is not an encoder: it needs "
+                            "in_channels, feature_channels, size_multiple and features()")
+        stages = len(encoder.feature_channels)
+        if len(decoder_channels) != stages:
+            raise ValueError(f"decoder_channels needs {stages} values, got {decoder_channels}")
+        self.in_channels = encoder.in_channels
+        self.num_classes = num_classes
+        #: sides that need no internal padding
+        self.size_multiple = int(encoder.size_multiple)
+        self.encoder = encoder
+        channels = tuple(encoder.feature_channels)
+        skips = list(reversed(channels[:-1])) + [0]  # strides 2**(n-1) .. 2, then none
+        blocks, prev = [], channels[-1]
+        for skip_ch, out_ch in zip(skips, decoder_channels):
+            blocks.append(DecoderBlock(prev, skip_ch, out_ch))
+            prev = out_ch
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(prev, num_classes, kernel_size=1)
+        init_kaiming(self.decoder)
+        init_kaiming(self.head)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> EncoderUNet:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # keep the frozen BatchNorm statistics fixed
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, type(self).__name__)
+        x, (height, width) = pad_to_multiple(x, self.size_multiple)
+        feats = self.encoder.features(x)
+        x = feats[-1]
+        skips = list(reversed(feats[:-1])) + [None]
+        for block, skip in zip(self.decoder, skips):
+            x = block(x, skip)
+        return self.head(x)[..., :height, :width]
