@@ -22,7 +22,7 @@ from unetkit.training import prepare_config, train
     (["--epochs", "0"], "--epochs 0: expected >= 1"),
     (["--batch-size", "0"], "--batch-size 0: expected >= 1"),
     (["--lr", "-0.1"], "--lr -0.1: expected > 0"),
-    (["--val-fraction", "1.5"], "--val-fraction 1.5: expected > 0 and < 1"),
+    (["--val-fraction", "1.5"], "--val-fraction 1.5: expected >= 0 and < 1"),
     (["--optimizer", "rmsprop"], "--optimizer rmsprop: expected one of adam, adamw, sgd"),
     (["--patch-size", "7"], "--patch-size 7: expected >= 16"),
     (["--padding", "valid", "--patch-size", "100"], "--patch-size 100: expected >= 188"),

@@ -40,8 +40,13 @@ from .data.transforms import Augmenter
 from .divergence import DivergenceGuard
 from .errors import writing
 from .losses import build_loss
-from .models import check_model, pretrained_normalization
 from .models.blocks import center_crop
+from .models.registry import (
+    check_model,
+    encoder_name,
+    encoder_size_multiple,
+    pretrained_normalization,
+)
 from .models.unet import (
     nearest_valid_sizes,
     smallest_valid_input,
@@ -131,8 +136,9 @@ def prepare_config(config: Config) -> Config:
 
 def _smallest_patch(model: ModelConfig) -> tuple[int, str]:
     """The smallest training patch side the model can learn from, and why."""
-    if model.arch == "resnet_unet":
-        return 32, "the ResNet encoder downsamples 32x"
+    multiple = encoder_size_multiple(model)
+    if multiple is not None:
+        return multiple, f"the {encoder_name(model)} encoder downsamples {multiple}x"
     if model.padding == "valid":
         return (smallest_valid_input(model.depth),
                 f"the smallest input with a positive output at depth {model.depth}")

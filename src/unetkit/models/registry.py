@@ -59,6 +59,15 @@ def check_model(cfg: ModelConfig) -> None:
                             f"false: encoder {name} has no pretrained weights")
 
 
+def encoder_size_multiple(cfg: ModelConfig) -> int | None:
+    """How much an encoder-based model downsamples (its input is padded to a multiple of
+    it); None for architectures without an encoder."""
+    check_model(cfg)
+    if not ARCHITECTURES[cfg.arch].uses_encoder:
+        return None
+    return int(getattr(ENCODERS[encoder_name(cfg)].cls, "size_multiple", 32))
+
+
 def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> nn.Module:
     """The network described by ``cfg``. ``load_pretrained=False`` skips reading pretrained
     weights (used when a checkpoint's own weights replace them anyway)."""
