@@ -340,3 +340,258 @@ def test_channels_last_layout_gives_the_same_probabilities(bf16, atol):
     fast = predict(model, image, tile=64, channels_last=True, autocast=bf16)
     assert torch.allclose(plain, fast, atol=atol)
     assert model.encoder.conv1.weight.is_contiguous()  # the caller's layout is restored
+
+
+# --------------------------------------------------------------------------- streaming
+# Prediction by bands of rows (unetkit.tiling.stream_bands, predict_bands), images read by
+# rows (unetkit.data.regions) and outputs written by rows (unetkit.data.writers).
+
+
+def blended_whole_image(net: nn.Module, image: np.ndarray, tile: int, overlap: float):
+    """Reference for a same-size model: every tile accumulated into ONE whole-image
+    accumulator with its normalised Gaussian weight (the plan and weights of
+    unetkit.tiling; the banding is what is tested)."""
+    from unetkit.tiling import plan_tiles
+
+    plan = plan_tiles(net, image.shape[1], image.shape[2], tile, overlap, "gaussian", 0.125)
+    total = None
+    for r, c in plan.tiles:
+        y0, x0 = plan.rows.starts[r], plan.cols.starts[c]
+        ridx, cidx = plan.rows.input_indices(r), plan.cols.input_indices(c)
+        x = torch.from_numpy(np.ascontiguousarray(image[:, ridx[:, None], cidx[None, :]]))
+        with torch.no_grad():
+            probs = torch.softmax(net(x[None])[0], dim=0).double()
+        h, w = min(plan.rows.out_side, image.shape[1] - y0), min(plan.cols.out_side,
+                                                                 image.shape[2] - x0)
+        weight = torch.outer(plan.row_weights[r][:h], plan.col_weights[c][:w])
+        total = torch.zeros((probs.shape[0], *image.shape[1:]), dtype=torch.float64) \
+            if total is None else total
+        total[:, y0 : y0 + h, x0 : x0 + w] += probs[:, :h, :w] * weight
+    return total.numpy()
+
+
+class RowsRecorder:
+    """An image given by rows (like a file read by rows); records what was asked for."""
+
+    def __init__(self, image: np.ndarray):
+        self.image, self.shape, self.reads = image, image.shape, []
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        self.reads.append((y0, y1))
+        return self.image[:, y0:y1].copy()
+
+
+@pytest.mark.parametrize("padding, tile, batch_size", [
+    ("valid", 4, 1), ("valid", 9, 3), ("valid", 20, 7), ("valid", 300, 2),
+    ("same", 16, 1), ("same", 16, 5), ("same", 24, 3), ("same", 64, 4),
+])
+def test_streamed_bands_equal_the_whole_image_prediction(padding, tile, batch_size):
+    from unetkit.inference import predict_bands
+
+    torch.manual_seed(0)
+    net = UNet(2, 3, features=4, depth=2, padding=padding).double().eval()
+    image = np.random.default_rng(8).random((2, 101, 77))
+    if padding == "valid":
+        expected = whole_mirrored(net, image)
+    else:
+        expected = blended_whole_image(net, image, tile, overlap=0.25)
+    source = RowsRecorder(image)
+    bands = list(predict_bands(net, source, tile=tile, batch_size=batch_size,
+                               autocast=False, dtype=torch.float64))
+    assert [b[0] for b in bands] == [0] + [b[1] for b in bands[:-1]]  # in order, no gaps
+    assert bands[-1][1] == 101 and all(b[2].shape[1:] == (b[1] - b[0], 77) for b in bands)
+    streamed = np.concatenate([b[2].numpy() for b in bands], axis=1)
+    np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-10)
+    # The in-memory predict is built on the same bands: the same numbers.
+    in_memory = predict(net, image, tile=tile, batch_size=batch_size, autocast=False,
+                        out=np.empty((3, 101, 77)))
+    np.testing.assert_array_equal(in_memory, streamed)
+    # Memory: a band spans the tile rows of one batch, a read one tile's input rows.
+    from unetkit.tiling import plan_tiles
+
+    plan = plan_tiles(net, 101, 77, tile, 0.25, "gaussian", 0.125)
+    tile_rows = -(-batch_size // len(plan.cols.starts)) + 1  # a batch touches at most these
+    assert max(b[1] - b[0] for b in bands) <= tile_rows * plan.rows.out_side
+    assert max(y1 - y0 for y0, y1 in source.reads) <= plan.rows.in_side
+    assert len(source.reads) == len(plan.rows.starts)  # each tile row's rows read once
+
+
+def test_streamed_bands_of_a_tall_image_stay_small_and_match_float32():
+    torch.manual_seed(0)
+    net = UNet(1, 2, features=4, depth=2, padding="same").eval()
+    image = np.random.default_rng(9).random((1, 400, 24)).astype(np.float32)
+    from unetkit.inference import predict_bands
+
+    bands = list(predict_bands(net, image, tile=16, batch_size=2, autocast=False))
+    assert len(bands) > 20 and max(b[1] - b[0] for b in bands) <= 16
+    np.testing.assert_array_equal(np.concatenate([b[2].numpy() for b in bands], axis=1),
+                                  predict(net, image, tile=16, autocast=False))
+
+
+def _image_files(folder):
+    """(path, kind the lazy reader should pick) for PNG, TIFF and .npy variants."""
+    rng = np.random.default_rng(10)
+    grey8 = rng.integers(0, 256, (45, 37), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (45, 37), dtype=np.uint16)
+    rgb8 = rng.integers(0, 256, (45, 37, 3), dtype=np.uint8)
+    rgba8 = rng.integers(0, 256, (45, 37, 4), dtype=np.uint8)
+    files = []
+    for name, pixels in [("g8.png", grey8), ("g16.png", grey16), ("rgb8.png", rgb8),
+                         ("rgba8.png", rgba8)]:
+        Image.fromarray(pixels).save(folder / name)
+        files.append((folder / name, "whole"))
+    tiffs = [("plain_g16.tif", grey16, {}, "memmap"),
+             ("plain_rgb.tif", rgb8, {"photometric": "rgb"}, "memmap"),
+             ("strips_g8.tif", grey8, {"compression": "zlib", "rowsperstrip": 8}, "tiles"),
+             ("tiles_rgb.tif", rgb8, {"compression": "zlib", "tile": (16, 16),
+                                      "photometric": "rgb"}, "tiles"),
+             ("tiles_rgba.tif", rgba8, {"compression": "zlib", "tile": (16, 16),
+                                        "photometric": "rgb", "extrasamples": ["unassalpha"]},
+              "tiles"),
+             ("planar.tif", np.moveaxis(rgb8, -1, 0).copy(),
+              {"compression": "zlib", "photometric": "minisblack"}, "whole")]
+    for name, pixels, options, how in tiffs:
+        tifffile.imwrite(folder / name, pixels, **options)
+        files.append((folder / name, how))
+    np.save(folder / "float.npy", rng.random((3, 45, 37)).astype(np.float32))
+    np.save(folder / "int16_hwc.npy", rng.integers(0, 999, (45, 37, 2), dtype=np.int16))
+    return files + [(folder / "float.npy", "memmap"), (folder / "int16_hwc.npy", "memmap")]
+
+
+def test_lazy_reader_equals_read_image_for_every_format(tmp_path):
+    from unetkit.data.io import read_image
+    from unetkit.data.regions import open_image
+
+    with pytest.warns(UserWarning, match="alpha"):
+        files = _image_files(tmp_path)
+        expected = {path: read_image(path) for path, _ in files}
+    for path, how in files:
+        with open_image(path) as source:
+            assert source.how == how, path.name
+            assert source.shape == expected[path].shape, path.name
+            if how != "whole":
+                assert source.dtype != np.float32 or path.suffix == ".npy"
+            rows = [source.read_rows(y, y + 7) for y in range(0, 45, 7)]
+        assert all(r.dtype == np.float32 for r in rows)
+        np.testing.assert_array_equal(np.concatenate(rows, axis=1), expected[path],
+                                      err_msg=path.name)
+
+
+def test_lazy_reader_keeps_the_stored_dtype_and_names_bad_files(tmp_path):
+    from unetkit.data.regions import open_image
+
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(tmp_path / "a.png")
+    with open_image(tmp_path / "a.png") as source:
+        assert source.read_native(0, 20).dtype == np.uint8  # no whole-image float copy
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    with pytest.raises(DataError, match="bad.tif"):
+        open_image(tmp_path / "bad.tif")
+    np.save(tmp_path / "nan.npy", np.full((1, 4, 4), np.nan, dtype=np.float32))
+    with open_image(tmp_path / "nan.npy") as source, pytest.raises(DataError, match="NaN"):
+        source.read_rows(0, 4)
+    with pytest.raises(DataError, match="does not exist"):
+        open_image(tmp_path / "missing.png")
+
+
+def test_png_above_pillows_bomb_limit_is_read_with_a_note(tmp_path, monkeypatch, capsys):
+    from unetkit.data.io import read_image
+    from unetkit.data.regions import open_image
+
+    pixels = np.arange(24 * 30, dtype=np.uint8).reshape(24, 30)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 720 px > 2 x 100: Pillow's error
+    image = read_image(tmp_path / "big.png")
+    np.testing.assert_allclose(image[0], pixels / 255.0, rtol=1e-6)
+    with open_image(tmp_path / "big.png") as source:
+        assert source.shape == (1, 24, 30)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2 and all("big.png" in n and "decompression-bomb" in n for n in notes)
+    assert Image.MAX_IMAGE_PIXELS == 100  # the limit is back for everything else
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+
+
+def old_predict_files(ckpt, path, out_dir, tile):
+    """What predict_files wrote before streaming: the whole image at once."""
+    from unetkit.data.io import overlay, read_image, write_image, write_mask
+    from unetkit.inference import normalize_image
+
+    model, config = load_checkpoint(ckpt, fold_batchnorm=True)
+    raw = read_image(path)
+    probs = predict(model, normalize_image(raw, config, path), tile=tile, autocast=False)
+    labels = probs.argmax(axis=0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_mask(out_dir / f"{path.stem}.png", labels, max(config.model.out_channels, 2))
+    painted = overlay(raw, labels, alpha=0.5, stretch=False)
+    write_image(out_dir / f"{path.stem}_overlay.png", painted.transpose(2, 0, 1))
+    return probs
+
+
+@pytest.mark.parametrize("out_channels, padding", [(1, "same"), (3, "valid")])
+def test_predict_files_streamed_equals_the_whole_image_result(tmp_path, out_channels,
+                                                              padding):
+    config = Config(model=ModelConfig(in_channels=1, out_channels=out_channels, features=4,
+                                      depth=2, norm=None, padding=padding),
+                    data=DataConfig(num_classes=max(out_channels, 2), mean=(0.4,), std=(0.2,)))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", build_model(config.model), config)
+    rng = np.random.default_rng(11)
+    pixels = (rng.random((83, 61)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", pixels, compression="zlib", rowsperstrip=8)
+    np.save(tmp_path / "c.npy", pixels)
+    for fmt in ("tiff", "npy"):
+        out = tmp_path / f"new_{fmt}"
+        result = predict_files(ckpt, [tmp_path / n for n in ("a.png", "b.tif", "c.npy")], out,
+                               tile=12, autocast=False, save_probabilities=fmt,
+                               save_overlay=True, progress=False)
+        assert result["failed"] == [] and len(result["written"]) == 3
+        for stem in ("a", "b", "c"):
+            path = next(tmp_path.glob(f"{stem}.*"))
+            probs = old_predict_files(ckpt, path, tmp_path / "old", tile=12)
+            for name in (f"{stem}.png", f"{stem}_overlay.png"):
+                np.testing.assert_array_equal(np.asarray(Image.open(out / name)),
+                                              np.asarray(Image.open(tmp_path / "old" / name)))
+            saved = (tifffile.imread(out / f"{stem}_prob.tif") if fmt == "tiff"
+                     else np.load(out / f"{stem}_prob.npy"))
+            assert saved.shape == probs.shape == (max(out_channels, 2), 83, 61)
+            np.testing.assert_array_equal(saved, probs)
+        suffix = ".tif" if fmt == "tiff" else ".npy"
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            f"{s}{end}" for s in "abc" for end in (".png", "_overlay.png", f"_prob{suffix}"))
+
+
+@pytest.mark.parametrize("fail_in", ["mask", "overlay", "tiff"])
+def test_a_failed_write_raises_write_error_and_leaves_no_partial_file(demo, tmp_path,
+                                                                      monkeypatch, fail_in):
+    import errno
+
+    from unetkit.data import writers
+    from unetkit.errors import WriteError
+
+    data, ckpt = demo
+    calls = {"n": 0}
+
+    def disk_full(*args, **kwargs):
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fail_in == "tiff":
+        monkeypatch.setattr(tifffile, "imwrite", disk_full)
+    else:
+        real_write = writers.PngRows.write
+
+        def write(self, y0, rows):
+            if (self.channels == 3) == (fail_in == "overlay") and y0 > 0:
+                disk_full()  # after the first band: a half-written file exists
+            real_write(self, y0, rows)
+
+        monkeypatch.setattr(writers.PngRows, "write", write)
+    out = tmp_path / "out"
+    with pytest.raises(WriteError, match=r"could not write .* No space left on device "
+                                         r"\(.* free there\)") as caught:
+        predict_files(ckpt, [data / "images"], out, tile=8, save_overlay=True,
+                      save_probabilities="tiff", progress=False)
+    assert calls["n"] == 1 and "nuclei_000" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert list(out.iterdir()) == []  # no mask, overlay, TIFF, spool or .partial file

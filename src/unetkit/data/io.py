@@ -4,11 +4,20 @@ Every reader returns arrays in one fixed layout so the rest of the package never
 file formats: images are float32 (C, H, W) in [0, 1], masks int64 (H, W) class indices,
 instance labels int32 (H, W). Every problem with a file raises :class:`DataError` whose
 message names the file, what was found and what was expected.
+
+The rules (channel layout, scaling by dtype, alpha dropping, mask pixel encoding) are
+written once here as small helpers; :mod:`unetkit.data.regions` (images read by rows)
+and :mod:`unetkit.data.writers` (outputs written by rows) use the same helpers.
+Local PNG/JPEG files larger than Pillow's decompression-bomb limit are read, with a note.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +44,36 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------- low level
 
 
-def _check_exists(path: Path) -> None:
+def _check_file(path: Path) -> None:
+    """The file exists and has a supported suffix."""
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Any failure inside the block (corrupt files raise many exception types) becomes one
+    DataError naming the file."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: cannot read {what}: {type(err).__name__}: {err}") from err
+
+
+def _check_array(arr, path: Path, what: str) -> None:
+    """A numeric, non-empty array (a numpy array, memmap, or anything with dtype and shape)."""
+    dtype = getattr(arr, "dtype", None)
+    if dtype is None or not hasattr(arr, "shape") or np.dtype(dtype).kind not in "biuf":
+        raise DataError(f"{path}: {what} has unsupported data type {dtype or '?'}")
+    if math.prod(arr.shape) == 0:
+        raise DataError(f"{path}: {what} is empty (shape {arr.shape})")
 
 
 def _warn_alpha(path: Path) -> None:
@@ -51,19 +87,55 @@ def _warn_alpha(path: Path) -> None:
         )
 
 
+def _open_pil(path: Path) -> Image.Image:
+    """``Image.open`` that also opens local images above Pillow's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, ~89 Mpx; a 16384 x 16384 scan has 268), with a one-line
+    note on stderr instead of Pillow's error: the user chose the file, it is not an upload."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the check is done below, as a note
+    try:
+        img = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    pixels = img.width * img.height
+    if limit and pixels > limit:
+        print(f"note: {path}: {img.width}x{img.height} image ({pixels / 1e6:.0f} Mpx) is above "
+              f"Pillow's decompression-bomb limit of {limit / 1e6:.0f} Mpx; reading it anyway "
+              "(a local file)", file=sys.stderr)
+    return img
+
+
+def _pil_array(img: Image.Image) -> np.ndarray:
+    """``np.array(img)`` of a loaded image, copied a band of rows at a time: numpy's
+    conversion goes through ``img.tobytes()``, a third whole-image copy at once."""
+    rows = max(1, 2**24 // max(1, img.width * 4))  # bands of about 16 MiB
+    bands = (np.asarray(img.crop((0, y, img.width, min(img.height, y + rows))))
+             for y in range(0, img.height, rows))
+    first = next(bands, None)
+    if first is None or first.shape[0] == img.height:
+        return np.array(img) if first is None else np.array(first)
+    out = np.empty((img.height, *first.shape[1:]), dtype=first.dtype)
+    out[: len(first)] = first
+    y = len(first)
+    for band in bands:
+        out[y : y + len(band)] = band
+        y += len(band)
+    return out
+
+
 def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, bool, bool]:
     """Decode with Pillow. Returns (array (H,W) or (H,W,C), alpha_dropped, palette_indices).
 
     ``palette_indices`` is True when the file is a palette-mode ('P') PNG read as a mask:
     the array then holds the palette indices, which are the class indices.
     """
-    with Image.open(path) as img:
+    with _open_pil(path) as img:
         img.load()  # decode now, inside the caller's error handling
         mode = img.mode
         fmt = img.format
         alpha = False
         if mode == "P" and for_mask:
-            return np.array(img), False, True
+            return _pil_array(img), False, True
         if mode in ("P", "PA"):
             # Images stored with a colour table: the colours, not the indices, are the data.
             img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
@@ -73,7 +145,7 @@ def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, bool, bool]:
             img = img.convert("RGB" if mode.startswith("RGB") else "L")
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
             img = img.convert("RGB")
-        arr = np.array(img)
+        arr = _pil_array(img)
         if mode == "I" and fmt == "PNG" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
             # Some Pillow versions hold 16-bit PNGs in 32-bit mode "I": keep the 16-bit range.
             arr = arr.astype(np.uint16)
@@ -85,10 +157,14 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        arr = tif.asarray()
-        page = tif.pages[0]
-        extra = tuple(int(e) for e in (getattr(page, "extrasamples", None) or ()))
-        planar = int(getattr(page, "planarconfig", 1)) == 2
+        return _tiff_drop_alpha(tif.pages[0], tif.asarray())
+
+
+def _tiff_drop_alpha(page, arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(array without an alpha channel, alpha_dropped) for the image data ``arr`` (or a
+    band of its rows) of the TIFF page ``page``; a view, never a copy."""
+    extra = tuple(int(e) for e in (getattr(page, "extrasamples", None) or ()))
+    planar = int(getattr(page, "planarconfig", 1)) == 2
     # ExtraSamples 1 and 2 are associated / unassociated alpha: transparency, not data.
     if extra and extra[-1] in (1, 2) and arr.ndim == 3:
         if planar and arr.shape[0] <= MAX_CHANNELS:
@@ -102,51 +178,55 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
 def _read_raw(path: str | Path, what: str, for_mask: bool = False) -> tuple[np.ndarray, bool]:
     """Read any supported file as stored. Returns (array, palette_indices)."""
     path = Path(path)
-    _check_exists(path)
+    _check_file(path)
     suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
-        )
     palette_indices = False
     alpha = False
-    try:
+    with _reading(path, what):
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         elif suffix in TIFF_SUFFIXES:
             arr, alpha = _read_tiff(path)
         else:
             arr, alpha, palette_indices = _read_pil(path, for_mask)
-    except DataError:
-        raise
-    except Exception as err:  # corrupt files raise many exception types; name the file
-        raise DataError(f"{path}: cannot read {what}: {type(err).__name__}: {err}") from err
     if alpha:
         _warn_alpha(path)
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise DataError(f"{path}: {what} has unsupported data type {getattr(arr, 'dtype', '?')}")
-    if arr.size == 0:
-        raise DataError(f"{path}: {what} is empty (shape {arr.shape})")
+    _check_array(arr, path, what)
     return arr, palette_indices
 
 
-def _to_chw(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """(H,W), (H,W,C) or (C,H,W) with C <= MAX_CHANNELS -> (C,H,W)."""
-    arr = np.squeeze(arr) if arr.ndim > 3 else arr
-    if arr.ndim == 2:
-        return arr[None]
-    if arr.ndim == 3:
-        first, last = arr.shape[0], arr.shape[-1]
+def _chw_axes(shape: tuple[int, ...], path: Path, what: str) -> str:
+    """How an array of ``shape`` (squeezed when it has more than 3 axes) holds (C, H, W):
+    "hw", "hwc" or "chw"."""
+    if len(shape) > 3:
+        shape = tuple(s for s in shape if s != 1)
+    if len(shape) == 2:
+        return "hw"
+    if len(shape) == 3:
+        first, last = shape[0], shape[-1]
         if last <= MAX_CHANNELS:
             # Also the choice when both ends are small (tiny image): Pillow's and most tools'
             # order is channels-last.
-            return np.moveaxis(arr, -1, 0)
+            return "hwc"
         if first <= MAX_CHANNELS:
-            return arr
+            return "chw"
     raise DataError(
-        f"{path}: {what} has shape {arr.shape}; expected (H, W), (H, W, C) or (C, H, W) "
+        f"{path}: {what} has shape {shape}; expected (H, W), (H, W, C) or (C, H, W) "
         f"with at most {MAX_CHANNELS} channels"
     )
+
+
+def _as_chw(arr: np.ndarray, axes: str) -> np.ndarray:
+    """A (C, H, W) view of ``arr`` laid out as ``axes`` (see :func:`_chw_axes`)."""
+    arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    if axes == "hw":
+        return arr[None]
+    return np.moveaxis(arr, -1, 0) if axes == "hwc" else arr
+
+
+def _to_chw(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """(H,W), (H,W,C) or (C,H,W) with C <= MAX_CHANNELS -> (C,H,W) (a view)."""
+    return _as_chw(arr, _chw_axes(arr.shape, path, what))
 
 
 def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
@@ -194,6 +274,11 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _unit_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """[0, 1] floats (clipped) -> uint8 pixels 0..255, rounded."""
+    return np.round(np.clip(np.asarray(arr, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Write float [0, 1] (C, H, W) with C in {1, 3, 4}, or (H, W), as an 8-bit PNG.
 
@@ -207,7 +292,7 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
         arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
     elif arr.ndim != 2:
         raise ValueError(f"{path}: expected image (C, H, W) or (H, W), got shape {arr.shape}")
-    pixels = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = _unit_to_uint8(arr)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format="PNG")
 
@@ -423,6 +508,15 @@ def write_mask(path: str | Path, mask: np.ndarray, num_classes: int) -> None:
     turns them back into 0/1); otherwise the class indices are written as they are.
     """
     path = Path(path)
+    pixels = mask_pixels(path, mask, num_classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def mask_pixels(path: str | Path, mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) class indices (or a band of rows of them) -> the uint8 pixels a mask file
+    holds: 0/255 for a binary task (num_classes == 2), else the indices. ValueError
+    naming ``path`` when they do not fit."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{path}: expected mask (H, W), got shape {mask.shape}")
@@ -430,15 +524,14 @@ def write_mask(path: str | Path, mask: np.ndarray, num_classes: int) -> None:
         raise ValueError(f"{path}: mask values {int(mask.min())}..{int(mask.max())} do not fit "
                          "an 8-bit PNG (0..255)")
     if num_classes == 2:
-        values = np.unique(mask)
-        if not np.all(np.isin(values, (0, 1))):
+        # For integers 0 <= values <= 1 is the same test as np.unique, without the sort.
+        whole = mask.dtype.kind in "iu" and (not mask.size or mask.max() <= 1)
+        values = np.unique(mask) if not whole else None
+        if values is not None and not np.all(np.isin(values, (0, 1))):
             raise ValueError(f"{path}: binary mask has values {_format_values(values)}; "
                              "expected 0/1")
-        pixels = (mask == 1).astype(np.uint8) * 255
-    else:
-        pixels = mask.astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="PNG")
+        return (mask == 1).astype(np.uint8) * np.uint8(255)
+    return mask.astype(np.uint8)
 
 
 # A fixed, colour-blind-friendly class palette (Okabe-Ito), background transparent.
