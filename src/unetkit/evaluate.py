@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint
 from .config import class_names_of
 from .data.folder import pair_folder
-from .data.io import IMAGE_SUFFIXES, DataError, read_image, read_mask
+from .data.io import IMAGE_SUFFIXES, DataError, read_mask
+from .data.regions import open_image
 from .errors import writing
-from .inference import normalize_image, predict
+from .inference import predict_labels
 from .metrics import confusion_matrix, hausdorff95, scores
 from .outputs import num_classes_of
 from .runtime import select_device
@@ -184,18 +185,15 @@ def _score_one(model, config, image_path: Path, mask_path: Path, num_classes: in
                hausdorff: bool, predict_args: dict) -> tuple[dict, torch.Tensor]:
     """Scores and confusion matrix of one image against its mask."""
     data = config.data
-    raw = read_image(image_path)
-    if raw.shape[0] != config.model.in_channels:
-        raise DataError(f"{image_path}: image has {raw.shape[0]} channel(s), expected "
-                        f"{config.model.in_channels} (the checkpoint's model.in_channels)")
     mask = read_mask(mask_path, num_classes, data.mask_encoding, dict(data.palette) or None,
                      data.ignore_index)
-    if mask.shape != raw.shape[1:]:
-        raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
-                        f"{image_path.name} is {raw.shape[1]}x{raw.shape[2]}; expected "
-                        "the same height and width")
-    probs = predict(model, normalize_image(raw, config, image_path), **predict_args)
-    labels = probs.argmax(axis=0)
+    with open_image(image_path) as source:
+        height, width = source.shape[1:]
+        if mask.shape != (height, width):
+            raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
+                            f"{image_path.name} is {height}x{width}; expected the same "
+                            "height and width")
+        labels = predict_labels(source, model, config, **predict_args)
     cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,
                           data.ignore_index)
     result = scores(cm)

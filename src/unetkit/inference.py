@@ -34,11 +34,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, unwrap
-from .config import IMAGENET_MEAN, IMAGENET_STD, Config, InferenceConfig
+from .config import Config, InferenceConfig
 from .data.io import IMAGE_SUFFIXES, DataError
+from .data.normalize import normalize_image
 from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
+from .outputs import num_classes_of, probabilities
 from .runtime import select_device, select_precision
 from .tiling import (
     BLENDS,
@@ -94,17 +96,6 @@ def _dihedral(square: bool) -> list[tuple[int, bool]]:
     return [(k, flip) for flip in (False, True) for k in turns]
 
 
-def _to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) logits -> (B, K, h, w) probabilities, K = max(C, 2); float32 (or the
-    model's float64)."""
-    if logits.dtype != torch.float64:
-        logits = logits.float()  # softmax of bf16/fp16 autocast logits in full precision
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1.0 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
-
-
 def _forward_probabilities(
     model: nn.Module,
     batch: torch.Tensor,
@@ -129,7 +120,7 @@ def _forward_probabilities(
                 f"{tuple(x.shape[-2:])}; tiled prediction supports same-size models and "
                 "valid-padding unetkit UNets"
             )
-        probs = _to_probabilities(logits)
+        probs = probabilities(logits)
         probs = torch.rot90(probs, -turns, dims=(-2, -1)) if turns else probs
         probs = probs.flip(-1) if flip else probs
         total = probs if total is None else total + probs
@@ -353,31 +344,6 @@ def _make_output(out, classes: int, height: int, width: int, home: torch.device,
 # --------------------------------------------------------------------------- files
 
 
-def normalize_image(image: np.ndarray, config: Config, path: str | Path = "image") -> np.ndarray:
-    """Normalise a [0, 1] float32 (C, H, W) image the way the checkpoint's training images
-    were: ``(image - mean) / std`` per channel, unless ``config.data.normalize == "none"``."""
-    data = config.data
-    if data.normalize == "none":
-        return image.astype(np.float32, copy=False)
-    mean, std = tuple(data.mean), tuple(data.std)
-    if not mean and data.normalize == "imagenet":
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if not mean or not std:
-        raise ValueError(
-            f"{path}: the checkpoint's config has normalize={data.normalize!r} but no "
-            "data.mean/data.std; expected the per-channel statistics saved at training"
-        )
-    channels = image.shape[0]
-    if len(mean) not in (1, channels) or len(std) not in (1, channels):
-        raise ValueError(
-            f"{path}: image has {channels} channel(s) but the checkpoint's data.mean has "
-            f"{len(mean)} and data.std {len(std)} values; expected 1 or {channels}"
-        )
-    mean_a = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-    std_a = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-    return ((image - mean_a) / std_a).astype(np.float32)
-
-
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Files named in ``inputs``, with folders replaced by their image files (suffix in
     ``IMAGE_SUFFIXES``, sorted, not recursive). Missing paths are kept so the caller can
@@ -403,20 +369,36 @@ class _NormalisedRows:
         return normalize_image(self.source.read_rows(y0, y1), self.config, self.source.path)
 
 
+def file_bands(source: ImageSource, model: nn.Module, config: Config,
+               **predict_args) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The one path from an image file to probabilities, for predict and evaluate: the
+    channels checked against the checkpoint, rows read and normalised as the training
+    images were, then :func:`predict_bands` (its arguments in ``predict_args``)."""
+    in_channels = config.model.in_channels
+    if source.shape[0] != in_channels:
+        raise DataError(f"{source.path}: image has {source.shape[0]} channel(s), expected "
+                        f"{in_channels} (the checkpoint's model.in_channels)")
+    yield from predict_bands(model, _NormalisedRows(source, config), **predict_args)
+
+
+def predict_labels(source: ImageSource, model: nn.Module, config: Config,
+                   **predict_args) -> np.ndarray:
+    """(H, W) int64 class indices of an opened image file (see :func:`file_bands`)."""
+    labels = np.empty(source.shape[1:], dtype=np.int64)
+    for y0, y1, probs in file_bands(source, model, config, **predict_args):
+        labels[y0:y1] = probs.argmax(0).numpy()
+    return labels
+
+
 def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
                   probabilities: str | None, with_overlay: bool, predict_args: dict) -> Path:
     """Predict one image file, writing its outputs as the rows are finished."""
     with open_image(path) as source:
-        in_channels = config.model.in_channels
-        if source.shape[0] != in_channels:
-            raise DataError(f"{path}: image has {source.shape[0]} channel(s), expected "
-                            f"{in_channels} (the checkpoint's model.in_channels)")
-        num_classes = max(config.model.out_channels, 2)
+        num_classes = num_classes_of(config.model.out_channels)
         outputs = PredictionWriter(out_dir, path.stem, source.shape[1:], num_classes,
                                    probabilities, with_overlay)
         try:
-            for y0, y1, probs in predict_bands(model, _NormalisedRows(source, config),
-                                               **predict_args):
+            for y0, y1, probs in file_bands(source, model, config, **predict_args):
                 raw = source.read_rows(y0, y1) if with_overlay else None
                 outputs.write(y0, probs.numpy(), raw)
             outputs.close()

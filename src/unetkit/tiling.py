@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import InferenceConfig
+from .config import InferenceConfig, choices_of
 from .models import UNet
 from .models.blocks import reflect_indices
 
@@ -54,7 +54,7 @@ __all__ = ["TilePlan", "plan_tiles", "stream_bands", "blend_weight_sum", "BLENDS
 _DEFAULTS = InferenceConfig()  # every default a user can change lives in config.py
 DEFAULT_TILE = _DEFAULTS.tile  # tile side for same-size models, pixels
 DEFAULT_VALID_TILE = _DEFAULTS.valid_tile  # output tile side for valid-padding UNets
-BLENDS = ("gaussian", "constant")
+BLENDS = choices_of(InferenceConfig, "blend")  # declared once, in config.py
 
 
 # --------------------------------------------------------------------------- tile plans

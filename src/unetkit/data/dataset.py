@@ -15,6 +15,7 @@ from unetkit.config import DataConfig
 from unetkit.data.io import (
     DataError,
 )
+from unetkit.data.normalize import normalize_image
 from unetkit.data.pairing import Item, hw_text
 from unetkit.data.weightmap import border_weight_map
 
@@ -81,8 +82,6 @@ class SegmentationDataset(Dataset):
         # Weight maps are costly (a distance transform per object), so each is computed once
         # per process: with DataLoader workers every worker fills its own cache.
         self._weights: dict[int, np.ndarray] = {}
-        self._mean = np.asarray(cfg.mean, dtype=np.float32).reshape(-1, 1, 1)
-        self._std = np.asarray(cfg.std, dtype=np.float32).reshape(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -121,11 +120,7 @@ class SegmentationDataset(Dataset):
         weight = self._weight_map(item_index, item, mask)
         if self.train:
             image, mask, weight = self._random_crop(self.rng(index), image, mask, weight)
-        if self.cfg.normalize != "none":
-            if self._mean.shape[0] != image.shape[0]:
-                raise DataError(f"{item.label}: image has {image.shape[0]} channel(s) but "
-                                f"mean/std have {self._mean.shape[0]}")
-            image = (image - self._mean) / self._std
+        image = normalize_image(image, self.cfg, item.label)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),

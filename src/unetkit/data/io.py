@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unetkit.config import DataConfig, choices_of
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 TIFF_SUFFIXES = (".tif", ".tiff")
-MASK_ENCODINGS = ("auto", "binary", "index", "palette")
+MASK_ENCODINGS = choices_of(DataConfig, "mask_encoding")  # declared once, in config.py
 
 # A 3-D array is taken as multi-channel when one end axis is this small; anything larger is
 # more likely a stack of 2-D images (z-planes, time points), which we do not guess about.
