@@ -513,8 +513,9 @@ def test_png_above_pillows_bomb_limit_is_read_with_a_note(tmp_path, monkeypatch,
 
 def old_predict_files(ckpt, path, out_dir, tile):
     """What predict_files wrote before streaming: the whole image at once."""
-    from unetkit.data.io import overlay, read_image, write_image, write_mask
+    from unetkit.data.io import read_image, write_image, write_mask
     from unetkit.inference import normalize_image
+    from unetkit.report import overlay
 
     model, config = load_checkpoint(ckpt, fold_batchnorm=True)
     raw = read_image(path)

@@ -227,3 +227,25 @@ def test_training_learns_and_resumes_exactly_in_fp32_and_bf16(tmp_path, precisio
     a = load_file(str(whole.last / "model.safetensors"))
     b = load_file(str(resumed.last / "model.safetensors"))
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+
+
+def test_epoch_hooks_are_called_with_each_metrics_row(tmp_path):
+    seen = []
+    result = train(tiny_config(tmp_path / "run", epochs=2), progress=False,
+                   hooks=[lambda run, row: seen.append((run.out, row["epoch"], row["val_dice"]))])
+    out = tmp_path / "run"
+    assert [(folder, epoch) for folder, epoch, _ in seen] == [(out, 1), (out, 2)]
+    assert [dice for *_, dice in seen] == [row["val_dice"] for row in result.history]
+
+
+def test_best_epoch_rule():
+    from types import SimpleNamespace
+
+    from unetkit.training import update_best
+
+    run = SimpleNamespace(per_step=True, best_dice=-math.inf)
+    # An undefined Dice (no foreground anywhere) still gives the run a best checkpoint.
+    assert update_best(run, math.nan) and run.best_dice == -math.inf
+    assert update_best(run, 0.5) and run.best_dice == 0.5
+    assert not update_best(run, 0.4) and not update_best(run, math.nan)
+    assert update_best(run, 0.6) and run.best_dice == 0.6

@@ -534,29 +534,3 @@ def mask_pixels(path: str | Path, mask: np.ndarray, num_classes: int) -> np.ndar
                              "expected 0/1")
         return (mask == 1).astype(np.uint8) * np.uint8(255)
     return mask.astype(np.uint8)
-
-
-# A fixed, colour-blind-friendly class palette (Okabe-Ito), background transparent.
-CLASS_COLOURS = np.array(
-    [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-     (0, 114, 178), (213, 94, 0), (204, 121, 167)], dtype=np.float32) / 255.0
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45,
-            stretch: bool = True) -> np.ndarray:
-    """Blend class colours over an image: image (C,H,W) float, labels (H,W) int -> RGB
-    (H,W,3) float in [0,1]. Grey images (C != 3) are shown in grey; class 0 (background)
-    is left uncoloured. ``stretch`` maps the 1st-99.5th percentile to [0,1] (for
-    normalised images); otherwise the image is taken to be in [0,1] already."""
-    image = np.asarray(image, dtype=np.float32)
-    rgb = image[:3].transpose(1, 2, 0) if image.shape[0] == 3 else (
-        np.repeat(image.mean(axis=0)[..., None], 3, axis=2))
-    if stretch:
-        low, high = np.percentile(rgb, (1, 99.5))
-        rgb = (rgb - low) / max(high - low, 1e-6)
-    rgb = np.clip(rgb, 0, 1)
-    labels = np.asarray(labels)
-    # class k >= 1 takes colour 1 + (k-1) mod 7: the background colour is never reused
-    colours = CLASS_COLOURS[1 + (labels - 1) % (len(CLASS_COLOURS) - 1)]
-    fg = (labels > 0)[..., None]
-    return np.where(fg, (1 - alpha) * rgb + alpha * colours, rgb)

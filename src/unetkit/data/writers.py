@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import writing
-from .io import _unit_to_uint8, mask_pixels, overlay
+from ..report import overlay
+from .io import _unit_to_uint8, mask_pixels
 
 __all__ = ["PredictionWriter", "PngRows", "PlaneRows", "TiffPlaneRows", "TIFF_TILE"]
 
