@@ -19,6 +19,7 @@ accumulators for about one tile side of rows, whatever the image height. On top 
 probability and overlay rows) written to disk as they finish, reading large images by
 rows (:mod:`unetkit.data.regions`): its memory does not grow with the image, apart from
 PNG/JPEG inputs, which are decoded whole in their own dtype (uint8: 1 byte per pixel).
+Longer than our usual 400 lines because of the public functions' argument docs.
 """
 
 from __future__ import annotations

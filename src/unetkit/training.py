@@ -5,6 +5,10 @@ Use :func:`train` with a :class:`~unetkit.config.Config`; the command line
 (``unetkit train``, ``python train.py``) is a thin layer over it. :func:`train` reads as
 its steps: resume or start, build the run (runtime, data, model, optimizer), then per
 epoch: train, validate, save, report, and the per-epoch hooks (where loggers plug in).
+
+Longer than our usual 400 lines on purpose: every step works on the one :class:`Run`, and
+reading the loop means reading its steps; the optimizers, the divergence guard and the
+validation pass already live in their own modules.
 """
 
 from __future__ import annotations
