@@ -147,7 +147,10 @@ class DataConfig(_Checked):
     demo: str = setting("binary", choices=("binary", "multiclass"))  # built-in data (no root)
     demo_size: int = setting(256, ge=16)  # side of each generated demo image, pixels
     demo_count: int = setting(64, ge=2)  # number of generated demo images
-    num_classes: int = setting(2, ge=2)  # including background
+    num_classes: int = setting(2, ge=2)  # mask classes, including background
+    # instances: learn background / interior / boundary, to separate touching objects
+    task: str = setting("semantic", choices=("semantic", "instances"))
+    boundary_width: int = setting(2, ge=1)  # instances: thickness of the boundary class, px
     class_names: tuple[str, ...] = ()  # names for reports, background first
     mask_encoding: str = setting("auto", choices=("auto", "binary", "index", "palette"))
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
@@ -166,10 +169,23 @@ class DataConfig(_Checked):
     num_workers: int | None = setting(None, ge=0)  # None: chosen from the core count
 
 
+# The classes an instance model predicts (``data.task == "instances"``).
+INSTANCE_CLASSES = ("background", "interior", "boundary")
+
+
+def target_classes(data: DataConfig) -> int:
+    """The number of classes the model learns: the mask's, or 3 for the instance task
+    (its masks are read as binary foreground; the objects come from instance labels)."""
+    return len(INSTANCE_CLASSES) if data.task == "instances" else data.num_classes
+
+
 def class_names_of(data: DataConfig) -> list[str]:
-    """``data.class_names`` when they name every class, else background/foreground
+    """Names of the classes the model learns: ``data.class_names`` when they name every
+    class, else background/interior/boundary (instance task), background/foreground
     (binary) or class0, class1, ... (the mask values)."""
     names = [str(n) for n in data.class_names]
+    if data.task == "instances":
+        return list(INSTANCE_CLASSES)
     if len(names) == data.num_classes:
         return names
     if data.num_classes == 2:

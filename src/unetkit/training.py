@@ -38,7 +38,15 @@ from .checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from .config import IMAGENET_MEAN, IMAGENET_STD, Config, ModelConfig, class_names_of, setting_error
+from .config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Config,
+    ModelConfig,
+    class_names_of,
+    setting_error,
+    target_classes,
+)
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
 from .divergence import DivergenceGuard
@@ -123,7 +131,7 @@ def prepare_config(config: Config) -> Config:
     check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
     if data.root is None and data.demo == "multiclass" and data.num_classes == 2:
         data = dataclasses.replace(data, num_classes=4)
-    model = dataclasses.replace(model, out_channels=logit_channels(data.num_classes))
+    model = dataclasses.replace(model, out_channels=logit_channels(target_classes(data)))
     smallest, why = _smallest_patch(model)
     if data.patch_size < smallest:
         raise setting_error("data", "patch_size", data.patch_size, f">= {smallest} ({why})")
@@ -171,7 +179,7 @@ def train(config: Config, progress: bool = True,
         want_previews = run.rt.is_main and (epoch % run.config.train.plot_every == 0
                                             or epoch == run.config.train.epochs)
         val_loss, scores, run.previews = validate(
-            unwrap(run.model), run.val_loader, run.criterion, run.config.data.num_classes,
+            unwrap(run.model), run.val_loader, run.criterion, target_classes(run.config.data),
             run.config.data.ignore_index, run.rt,
             run.config.train.num_preview if want_previews else 0)
         row = epoch_row(run, epoch, train_loss, val_loss, scores, seen, seconds)
@@ -252,7 +260,7 @@ def build_run(requested: Config, state: dict | None) -> Run:
         log = MetricsLog(out / "metrics.csv", resume_from_epoch=start_epoch - 1)
     guard = DivergenceGuard(tc.max_bad_steps, tc.max_loss_factor, config.optim.lr,
                             scaled_fp16=scaler.is_enabled())
-    criterion = build_loss(config.loss, config.data.num_classes, config.data.ignore_index)
+    criterion = build_loss(config.loss, target_classes(config.data), config.data.ignore_index)
     return Run(config, rt, out, model, step_model, train_ds, val_ds, loader, val_loader,
                sampler, criterion, optimizer, scheduler, per_step, scaler,
                Augmenter(config.augment, seed=tc.seed), guard, log, start_epoch, best_dice)

@@ -12,11 +12,10 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from unetkit.config import DataConfig
-from unetkit.data.io import (
-    DataError,
-)
+from unetkit.data.io import DataError
 from unetkit.data.normalize import normalize_image
 from unetkit.data.pairing import Item, hw_text
+from unetkit.data.targets import instance_target
 from unetkit.data.weightmap import border_weight_map
 
 
@@ -82,6 +81,7 @@ class SegmentationDataset(Dataset):
         # Weight maps are costly (a distance transform per object), so each is computed once
         # per process: with DataLoader workers every worker fills its own cache.
         self._weights: dict[int, np.ndarray] = {}
+        self._targets: dict[int, np.ndarray] = {}  # instance task: three-class targets
 
     def __len__(self) -> int:
         return len(self.items)
@@ -118,6 +118,8 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{item.label}: image is {hw_text(image.shape[1:])} but the mask is "
                             f"{hw_text(mask.shape)}")
         weight = self._weight_map(item_index, item, mask)
+        if self.cfg.task == "instances":
+            mask = self._instance_target(item_index, item, mask)
         if self.train:
             image, mask, weight = self._random_crop(self.rng(index), image, mask, weight)
         image = normalize_image(image, self.cfg, item.label)
@@ -137,14 +139,9 @@ class SegmentationDataset(Dataset):
         if cached is not None:
             return cached
         if cfg.weight_map:
-            instances = item.load_instances()
-            if instances is None:
-                instances = _components(mask, cfg.num_classes, cfg.ignore_index)
-            elif instances.shape != mask.shape:
-                raise DataError(f"{item.instance_path or item.label}: instance labels are "
-                                f"{hw_text(instances.shape)} but the mask is {hw_text(mask.shape)}")
-            weight = border_weight_map(instances, mask, cfg.num_classes, cfg.weight_map_w0,
-                                       cfg.weight_map_sigma, cfg.ignore_index)
+            weight = border_weight_map(self._instances(item, mask), mask, cfg.num_classes,
+                                       cfg.weight_map_w0, cfg.weight_map_sigma,
+                                       cfg.ignore_index)
             weight = np.asarray(weight, dtype=np.float32)
         else:
             weight = np.ones(mask.shape, dtype=np.float32)
@@ -153,6 +150,27 @@ class SegmentationDataset(Dataset):
         if cfg.weight_map:  # ones are cheaper to rebuild than to keep
             self._weights[item_index] = weight
         return weight
+
+    def _instances(self, item: Item, mask: np.ndarray) -> np.ndarray:
+        """The item's instance labels, or the mask's connected components without them."""
+        instances = item.load_instances()
+        if instances is None:
+            return _components(mask, self.cfg.num_classes, self.cfg.ignore_index)
+        if instances.shape != mask.shape:
+            raise DataError(f"{item.instance_path or item.label}: instance labels are "
+                            f"{hw_text(instances.shape)} but the mask is {hw_text(mask.shape)}")
+        return instances
+
+    def _instance_target(self, item_index: int, item: Item, mask: np.ndarray) -> np.ndarray:
+        """The three-class target (background, interior, boundary) of the whole image,
+        computed once per image like the weight map; ignored pixels stay ignored."""
+        cached = self._targets.get(item_index)
+        if cached is None:
+            cached = instance_target(self._instances(item, mask), self.cfg.boundary_width)
+            if self.cfg.ignore_index is not None:
+                cached[mask == self.cfg.ignore_index] = self.cfg.ignore_index
+            self._targets[item_index] = cached
+        return cached
 
     def _random_crop(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
                      weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
