@@ -1,5 +1,5 @@
 """Three-class targets, watershed labelling, the connected-components baseline, object
-and measurements, against hand-made images with known answers."""
+measurements and outlines, against hand-made images with known answers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from unetkit.instances import (
     semantic_to_objects,
     write_objects_csv,
 )
+from unetkit.report import CLASS_COLOURS, outline_objects
 
 # ---------------------------------------------------------------- instance_target
 
@@ -256,3 +257,25 @@ def test_objects_csv_checks_channels_and_reports_failed_write(tmp_path):
     with pytest.raises(WriteError, match="object table"):
         write_objects_csv(blocker / "objects.csv", rows, channels=2)
 
+
+# ---------------------------------------------------------------- outlines
+
+
+def test_outline_objects_colours_edges_and_writes_the_count():
+    labels = np.zeros((40, 80), dtype=np.int32)
+    labels[20:30, 40:50] = 1
+    labels[20:30, 50:60] = 2
+    image = np.full((1, 40, 80), 0.5, dtype=np.float32)
+    plain = outline_objects(image, labels, count_text=False)
+    assert plain.shape == (40, 80, 3) and plain.dtype == np.uint8
+    colour = np.round(CLASS_COLOURS * 255).astype(np.uint8)
+    np.testing.assert_array_equal(plain[20, 45], colour[1])  # top edge of object 1
+    np.testing.assert_array_equal(plain[25, 49], colour[1])  # object 1 side of the contact
+    np.testing.assert_array_equal(plain[25, 50], colour[2])  # object 2 side
+    np.testing.assert_array_equal(plain[25, 45], [128, 128, 128])  # interior stays grey
+    np.testing.assert_array_equal(plain[5, 5], [128, 128, 128])
+    counted = outline_objects(image, labels)
+    corner = counted[:12, :60]
+    # a dark box behind light (anti-aliased) text
+    assert (corner == 0).all(axis=2).any() and (corner > 200).all(axis=2).any()
+    np.testing.assert_array_equal(counted[20:], plain[20:])  # only the corner changed
