@@ -147,3 +147,37 @@ def plot_predictions(
         fig.suptitle(title)
     _save_figure(fig, path, "prediction figure", dpi=90)
     return Path(path)
+
+
+def outline_objects(image: np.ndarray, labels: np.ndarray, count_text: bool = True,
+                    stretch: bool = False) -> np.ndarray:
+    """Draw each object's outline over the image: image (C,H,W) float in [0,1], labels
+    (H,W) int (0 = background) -> RGB (H,W,3) uint8.
+
+    Grey images (C != 3) are shown in grey. The outline is the object's pixels that have an
+    8-neighbour with another label (background or a touching object), so two touching
+    objects show two adjacent lines; object k is drawn in colour 1 + (k-1) mod 7 of
+    CLASS_COLOURS, so neighbours with consecutive labels differ. ``count_text`` writes
+    "N objects" in the top-left corner, light text on a dark box so it reads on any image.
+    ``stretch`` as in :func:`overlay` (for normalised images).
+    """
+    from PIL import Image, ImageDraw
+
+    from .instances import object_boundaries
+
+    rgb = overlay(image, np.zeros(np.shape(labels), dtype=np.int64), stretch=stretch)
+    labels = np.asarray(labels)
+    edge = object_boundaries(labels, 1)
+    colours = CLASS_COLOURS[1 + (labels - 1) % (len(CLASS_COLOURS) - 1)]
+    rgb = np.where(edge[..., None], colours, rgb)
+    pixels = np.round(rgb * 255.0).astype(np.uint8)
+    if not count_text:
+        return pixels
+    count = int(np.unique(labels[labels > 0]).size)
+    text = f"{count} object" + ("" if count == 1 else "s")
+    picture = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(picture)
+    _, _, right, bottom = draw.textbbox((3, 2), text)
+    draw.rectangle((0, 0, right + 2, bottom + 2), fill=(0, 0, 0))
+    draw.text((3, 2), text, fill=(255, 255, 255))
+    return np.asarray(picture, dtype=np.uint8).copy()
