@@ -15,8 +15,8 @@ from unetkit.config import DataConfig
 from unetkit.data.io import DataError
 from unetkit.data.normalize import normalize_image
 from unetkit.data.pairing import Item, hw_text
-from unetkit.data.targets import instance_target
 from unetkit.data.weightmap import border_weight_map
+from unetkit.instances import instance_target
 
 
 def _components(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
