@@ -160,8 +160,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def check_tiling_flags(args: argparse.Namespace) -> None:
     """The tiling flags of predict/evaluate meet the ranges of InferenceConfig (SettingError
     before any file is read)."""
-    given = {name: getattr(args, name) for name in ("tile", "overlap", "batch_size")
-             if getattr(args, name) is not None}
+    given = {name: getattr(args, name, None) for name in ("tile", "overlap", "batch_size",
+                                                            "min_object_size")}
+    given = {name: value for name, value in given.items() if value is not None}
     InferenceConfig(**given)
 
 
@@ -173,7 +174,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, autocast=AUTOCAST[args.precision],
         save_probabilities=args.probabilities,
-        save_overlay=args.overlay, device=args.device, progress=not args.quiet)
+        save_overlay=args.overlay, device=args.device, progress=not args.quiet,
+        instances=args.instances, min_object_size=args.min_object_size)
     print(f"wrote {len(result['written'])} mask(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
              if result["failed"] else ""))
@@ -188,7 +190,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_folder(
         args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
-        autocast=AUTOCAST[args.precision], device=args.device, progress=not args.quiet)
+        autocast=AUTOCAST[args.precision], device=args.device, progress=not args.quiet,
+        instance_labels=args.instance_labels, min_object_size=args.min_object_size)
     print(format_table(summary))
     print(f"per-image scores: {csv_path}")
     return 1 if summary["failed"] else 0
@@ -287,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", choices=("tiff", "npy"),
                    help="also write class probabilities (float32, K x H x W)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--instances", action="store_true",
+                   help="also write the objects: NAME_labels.tif (1..N), NAME_objects.csv "
+                   "(area, centroid, box, diameter, mean intensity) and, with --overlay, "
+                   "NAME_objects.png (outlines and count); separated by watershed for an "
+                   "instance model (--task instances), connected components otherwise")
+    p.add_argument("--min-object-size", type=int, default=16, metavar="PX",
+                   help="with --instances: drop objects smaller than this (default 16)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -297,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="default: CKPT/evaluation.csv")
     p.add_argument("--hausdorff", action="store_true",
                    help="also the 95%% Hausdorff distance (pixels) per foreground class")
+    p.add_argument("--instance-labels", metavar="DIR",
+                   help="instance labels (0 = background, 1..N objects) by file stem, for "
+                   "the object metrics (default: DATA/instances when it exists)")
+    p.add_argument("--min-object-size", type=int, default=16, metavar="PX",
+                   help="predicted objects smaller than this are dropped (default 16)")
     _add_tiling_flags(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -287,6 +287,7 @@ class InferenceConfig(_Checked):
     blend: str = setting("gaussian", choices=("gaussian", "constant"))
     sigma_scale: float = setting(0.125, gt=0)  # Gaussian sigma as a fraction of the tile side
     batch_size: int = setting(4, ge=1)  # tiles per forward pass: with the tile, bounds memory
+    min_object_size: int = setting(16, ge=0)  # objects: smaller labelled specks are dropped, px
 
 
 @dataclass

@@ -20,13 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint
-from .config import class_names_of
+from .config import class_names_of, target_classes
 from .data.folder import pair_folder
-from .data.io import IMAGE_SUFFIXES, DataError, read_mask
+from .data.io import IMAGE_SUFFIXES, DataError, read_instances, read_mask
 from .data.regions import open_image
 from .errors import writing
-from .inference import predict_labels
+from .inference import predict_probabilities
 from .metrics import confusion_matrix, hausdorff95, scores
+from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
+from .object_outputs import MIN_OBJECT_SIZE, objects_from_probabilities
 from .outputs import num_classes_of
 from .runtime import select_device
 
@@ -40,12 +42,14 @@ def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
     for the training layout with a fixed split), matched by file stem (the suffixes may
     differ, e.g. a .jpg image with a .png mask). Images without a mask, or whose name
     several files share, are left out: :func:`scan_pairs` lists them."""
-    return scan_pairs(data_dir)[0]
+    return [(image, mask) for image, mask, _ in scan_pairs(data_dir)[0]]
 
 
-def scan_pairs(data_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """(pairs to score, [(image, why it cannot be scored)]). Masks without an image are
-    ignored. Raises DataError only when the folders are missing or hold no image."""
+def scan_pairs(data_dir: str | Path
+               ) -> tuple[list[tuple[Path, Path, Path | None]], list[tuple[Path, str]]]:
+    """([(image, mask, instance labels or None)] to score, [(image, why it cannot be
+    scored)]). Masks without an image are ignored. Raises DataError only when the folders
+    are missing or hold no image."""
     data_dir = Path(data_dir)
     if not (data_dir / "images").is_dir() and (data_dir / "val" / "images").is_dir():
         data_dir = data_dir / "val"  # the training layout ROOT/{train,val}: score val
@@ -54,7 +58,7 @@ def scan_pairs(data_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[tupl
         if not folder.is_dir():
             raise DataError(f"{folder}: folder not found; expected {data_dir} to hold "
                             "images/ and masks/ with files of the same names")
-    # The dataset's own pairing; evaluation only needs image + mask (instances unused).
+    # The dataset's own pairing: DATA/instances, when present, gives the object metrics.
     items = [item for item in pair_folder(data_dir) if item.image_path is not None]
     if not items:
         raise DataError(f"{image_dir}: no image files (expected suffixes "
@@ -67,7 +71,7 @@ def scan_pairs(data_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[tupl
             skipped.append((item.image_path, f"no mask (expected {mask_dir}/"
                                              f"{item.image_path.stem} with an image suffix)"))
         else:
-            pairs.append((item.image_path, item.mask_path))
+            pairs.append((item.image_path, item.mask_path, item.instance_path))
     return pairs, skipped
 
 
@@ -84,6 +88,12 @@ def _row(name: str, result: dict, class_names: list[str], hd_names: list[str] | 
         for cls, value in zip(hd_names, result["hd95"]):
             row[f"hd95_{cls}"] = value
         row["mean_hd95"] = result["mean_hd95"]
+    if "objects" in result:
+        objects = result["objects"]
+        row.update({"object_f1_0.5": f1_at(objects), "object_ap_0.5": ap_at(objects),
+                    "object_ap_mean": _nanmean(objects["ap"]), "object_pq": objects["pq"],
+                    "true_objects": objects["true"], "predicted_objects": objects["predicted"],
+                    "merged_objects": objects["merged"], "split_objects": objects["split"]})
     return row
 
 
@@ -104,43 +114,47 @@ def evaluate_folder(
     autocast: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    instance_labels: str | Path | None = None,
+    min_object_size: int = MIN_OBJECT_SIZE,
 ) -> dict:
     """Predict every image of DATA_DIR/images and score it against DATA_DIR/masks.
 
     Masks are read with the checkpoint's settings (``data.num_classes``,
     ``data.mask_encoding``, ``data.palette``; pixels equal to ``data.ignore_index`` are not
-    counted). ``hausdorff`` adds the 95% Hausdorff distance (pixels) of each foreground
-    class. Writes ``out_csv`` when given: one row per image, then a row "overall".
+    counted). An instance model's (``data.task == "instances"``) pixels are scored as
+    foreground (interior or boundary) against background. ``hausdorff`` adds the 95%
+    Hausdorff distance (pixels) of each foreground class. Where instance labels exist
+    (DATA_DIR/instances, or the folder ``instance_labels``, by stem), the predicted
+    objects (:mod:`unetkit.object_outputs`) are scored too (:mod:`unetkit.object_metrics`).
+    Writes ``out_csv`` when given: one row per image, then a row "overall".
 
     Returns {"class_names": [K names], "overall": scores, "per_image": [rows],
-    "confusion_matrix": (K, K) list (rows = truth), "images": count, "csv": path | None};
-    ``overall`` and each row hold per-class lists under "dice", "iou", "precision",
-    "recall" (and "hd95" over the foreground classes), plus their "mean_*" and
-    "pixel_accuracy" (see :func:`unetkit.metrics.scores`; NaN = undefined).
+    "confusion_matrix": (K, K) list (rows = truth), "images": count, "failed": [(path,
+    message)], "csv": path | None, "objects": pooled object scores or None}; ``overall``
+    and each row hold per-class lists under "dice", "iou", "precision", "recall" (and
+    "hd95" over the foreground classes), plus their "mean_*" and "pixel_accuracy" (see
+    :func:`unetkit.metrics.scores`; NaN = undefined), and "objects" where scored.
     """
     run_device = select_device(device or "auto")
     model, config = load_checkpoint(checkpoint, device=run_device, fold_batchnorm=True)
     pairs, failed = scan_pairs(data_dir)  # failed: listed and skipped, not fatal
     total_images = len(pairs) + len(failed)
-    data = config.data
-    num_classes = num_classes_of(config.model.out_channels)
-    if data.num_classes != num_classes:
-        raise DataError(f"checkpoint {checkpoint}: data.num_classes={data.num_classes} but "
-                        f"the model predicts {num_classes} classes "
-                        f"(model.out_channels={config.model.out_channels})")
-    class_names = class_names_of(data)
+    pairs = _with_instance_labels(pairs, instance_labels)
+    num_classes = _pixel_classes(config, checkpoint)
+    class_names = (["background", "foreground"] if config.data.task == "instances"
+                   else class_names_of(config.data))
     hd_names = class_names[1:] if hausdorff else None
+    predict_args = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta,
+                        autocast=autocast, device=run_device)
 
     total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     per_image: list[dict] = []
     csv_rows: list[dict] = []
-    for image_path, mask_path in tqdm(pairs, desc="evaluate", unit="image",
-                                      disable=not progress, file=sys.stderr):
+    for image_path, mask_path, truth_path in tqdm(pairs, desc="evaluate", unit="image",
+                                                  disable=not progress, file=sys.stderr):
         try:
-            result, cm = _score_one(model, config, image_path, mask_path, num_classes,
-                                    hausdorff, dict(tile=tile, overlap=overlap,
-                                                    batch_size=batch_size, tta=tta,
-                                                    autocast=autocast, device=run_device))
+            result, cm = _score_one(model, config, image_path, mask_path, truth_path,
+                                    num_classes, hausdorff, min_object_size, predict_args)
         except (DataError, ValueError, OSError) as err:
             # One bad pair does not stop the others; all failures are listed at the end.
             failed.append((image_path, str(err)))
@@ -148,28 +162,15 @@ def evaluate_folder(
         total += cm
         per_image.append(result)
         csv_rows.append(_row(image_path.stem, result, class_names, hd_names))
-    if failed:
-        print(f"{len(failed)} of {total_images} image(s) could not be evaluated:",
-              file=sys.stderr)
-        for path, message in failed:
-            print(f"  {path}: {message}", file=sys.stderr)
+    _report_failed(failed, total_images)
     if not per_image:
         raise DataError(f"{data_dir}: no image could be evaluated (see the list above)")
 
-    overall = scores(total)
-    if hausdorff:
-        overall["hd95"] = [_nanmean([r["hd95"][i] for r in per_image])
-                           for i in range(num_classes - 1)]
-        overall["mean_hd95"] = _nanmean(overall["hd95"])
+    overall = _overall(total, per_image, hausdorff, num_classes)
     csv_rows.append(_row("overall", overall, class_names, hd_names))
     if out_csv is not None:
         out_csv = Path(out_csv)
-        with writing("evaluation table", out_csv, cleanup=out_csv):
-            out_csv.parent.mkdir(parents=True, exist_ok=True)
-            with out_csv.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
-                writer.writeheader()
-                writer.writerows(csv_rows)
+        _write_csv(out_csv, csv_rows)
     return {
         "class_names": class_names,
         "overall": overall,
@@ -178,28 +179,94 @@ def evaluate_folder(
         "images": len(per_image),
         "failed": failed,
         "csv": out_csv,
+        "objects": overall.get("objects"),
     }
 
 
-def _score_one(model, config, image_path: Path, mask_path: Path, num_classes: int,
-               hausdorff: bool, predict_args: dict) -> tuple[dict, torch.Tensor]:
-    """Scores and confusion matrix of one image against its mask."""
+def _pixel_classes(config, checkpoint) -> int:
+    """Classes the pixel scores count: the mask's (an instance model's three classes are
+    scored as its foreground). Raises DataError when the checkpoint contradicts itself."""
     data = config.data
-    mask = read_mask(mask_path, num_classes, data.mask_encoding, dict(data.palette) or None,
-                     data.ignore_index)
+    predicted = num_classes_of(config.model.out_channels)
+    if target_classes(data) != predicted:
+        raise DataError(f"checkpoint {checkpoint}: data.num_classes={data.num_classes} "
+                        f"(task {data.task}) but the model predicts {predicted} classes "
+                        f"(model.out_channels={config.model.out_channels})")
+    return 2 if data.task == "instances" else data.num_classes
+
+
+def _with_instance_labels(pairs: list, folder: str | Path | None) -> list:
+    """``pairs`` with their instance labels taken from ``folder`` (by stem) when given."""
+    if folder is None:
+        return pairs
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--instance-labels {folder}: folder not found")
+    by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    return [(image, mask, by_stem.get(image.stem)) for image, mask, _ in pairs]
+
+
+def _report_failed(failed: list[tuple[Path, str]], total: int) -> None:
+    if failed:
+        print(f"{len(failed)} of {total} image(s) could not be evaluated:", file=sys.stderr)
+        for path, message in failed:
+            print(f"  {path}: {message}", file=sys.stderr)
+
+
+def _overall(total: torch.Tensor, per_image: list[dict], hausdorff: bool,
+             num_classes: int) -> dict:
+    """Scores of the summed confusion matrix, the mean HD95 and the pooled object scores."""
+    overall = scores(total)
+    if hausdorff:
+        overall["hd95"] = [_nanmean([r["hd95"][i] for r in per_image])
+                           for i in range(num_classes - 1)]
+        overall["mean_hd95"] = _nanmean(overall["hd95"])
+    objects = [r["objects"] for r in per_image if "objects" in r]
+    if objects:
+        overall["objects"] = pool_object_scores(objects)
+    return overall
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(rows[-1])  # the overall row has every column (objects if any image has)
+    with writing("evaluation table", path, cleanup=path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Path | None,
+               num_classes: int, hausdorff: bool, min_object_size: int,
+               predict_args: dict) -> tuple[dict, torch.Tensor]:
+    """Scores and confusion matrix of one image against its mask (and its objects against
+    the instance labels at ``truth_path``)."""
+    data = config.data
+    mask = read_mask(mask_path, data.num_classes, data.mask_encoding,
+                     dict(data.palette) or None, data.ignore_index)
+    truth = read_instances(truth_path) if truth_path is not None else None
     with open_image(image_path) as source:
         height, width = source.shape[1:]
-        if mask.shape != (height, width):
-            raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
-                            f"{image_path.name} is {height}x{width}; expected the same "
-                            "height and width")
-        labels = predict_labels(source, model, config, **predict_args)
+        for name, array in (("mask", mask), ("instance labels", truth)):
+            if array is not None and array.shape != (height, width):
+                raise DataError(f"{mask_path if name == 'mask' else truth_path}: {name} "
+                                f"is {array.shape[0]}x{array.shape[1]} but image "
+                                f"{image_path.name} is {height}x{width}; expected the same "
+                                "height and width")
+        probs = predict_probabilities(source, model, config, **predict_args)
+    labels = probs.argmax(axis=0)
+    if data.task == "instances":
+        labels = (labels > 0).astype(np.int64)  # interior or boundary: foreground
     cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,
                           data.ignore_index)
     result = scores(cm)
     if hausdorff:
         result["hd95"] = [hausdorff95(labels == c, mask == c) for c in range(1, num_classes)]
         result["mean_hd95"] = _nanmean(result["hd95"])
+    if truth is not None:
+        predicted = objects_from_probabilities(probs, config, min_object_size)
+        result["objects"] = object_scores(truth, predicted)
     result["image"] = image_path.stem
     return result, cm
 
@@ -232,4 +299,11 @@ def format_table(summary: dict) -> str:
         mean += f"{_fmt(overall['mean_hd95']):>11}"
     lines.append(mean)
     lines.append(f"pixel accuracy {_fmt(overall['pixel_accuracy']).strip()}")
+    objects = overall.get("objects")
+    if objects:
+        lines.append(f"objects: {objects['true']} true, {objects['predicted']} predicted, "
+                     f"{objects['merged']} merged, {objects['split']} split; "
+                     f"F1@0.5 {_fmt(f1_at(objects)).strip()}  AP@0.5 "
+                     f"{_fmt(ap_at(objects)).strip()}  AP@0.5:0.95 "
+                     f"{_fmt(_nanmean(objects['ap'])).strip()}  PQ {_fmt(objects['pq']).strip()}")
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from .data.normalize import normalize_image
 from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
+from .object_outputs import MIN_OBJECT_SIZE, objects_from_probabilities, write_object_files
 from .outputs import num_classes_of, probabilities
 from .runtime import select_device, select_precision
 from .tiling import (
@@ -382,30 +383,46 @@ def file_bands(source: ImageSource, model: nn.Module, config: Config,
     yield from predict_bands(model, _NormalisedRows(source, config), **predict_args)
 
 
-def predict_labels(source: ImageSource, model: nn.Module, config: Config,
-                   **predict_args) -> np.ndarray:
-    """(H, W) int64 class indices of an opened image file (see :func:`file_bands`)."""
-    labels = np.empty(source.shape[1:], dtype=np.int64)
+def predict_probabilities(source: ImageSource, model: nn.Module, config: Config,
+                          dtype: type = np.float32, **predict_args) -> np.ndarray:
+    """(K, H, W) class probabilities of an opened image file (see :func:`file_bands`),
+    as ``dtype``: float32 keeps the argmax exact; float16 halves the memory and is enough
+    for labelling objects."""
+    height, width = source.shape[1:]
+    whole = None
     for y0, y1, probs in file_bands(source, model, config, **predict_args):
-        labels[y0:y1] = probs.argmax(0).numpy()
-    return labels
+        if whole is None:
+            whole = np.empty((probs.shape[0], height, width), dtype=dtype)
+        whole[:, y0:y1] = probs.numpy()
+    return whole
 
 
 def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
-                  probabilities: str | None, with_overlay: bool, predict_args: dict) -> Path:
-    """Predict one image file, writing its outputs as the rows are finished."""
+                  probabilities: str | None, with_overlay: bool, predict_args: dict,
+                  instances: int | None = None) -> Path:
+    """Predict one image file, writing its outputs as the rows are finished; with
+    ``instances`` (the smallest object, px) also its objects, labelled after stitching."""
     with open_image(path) as source:
         num_classes = num_classes_of(config.model.out_channels)
         outputs = PredictionWriter(out_dir, path.stem, source.shape[1:], num_classes,
                                    probabilities, with_overlay)
+        # Objects need the whole image: float16 probabilities, 2 bytes per class and pixel.
+        whole = (np.empty((num_classes, *source.shape[1:]), dtype=np.float16)
+                 if instances is not None else None)
         try:
             for y0, y1, probs in file_bands(source, model, config, **predict_args):
                 raw = source.read_rows(y0, y1) if with_overlay else None
                 outputs.write(y0, probs.numpy(), raw)
+                if whole is not None:
+                    whole[:, y0:y1] = probs.numpy()
             outputs.close()
         except BaseException:
             outputs.abort()
             raise
+        if whole is not None:
+            labels = objects_from_probabilities(whole, config, min_size=instances)
+            write_object_files(out_dir, path.stem, labels,
+                               source.read_rows(0, source.shape[1]), with_overlay)
     return outputs.mask_path
 
 
@@ -422,6 +439,8 @@ def predict_files(
     save_overlay: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    instances: bool = False,
+    min_object_size: int = MIN_OBJECT_SIZE,
 ) -> dict:
     """Predict every image in ``inputs`` (files and/or folders) with a checkpoint.
 
@@ -432,7 +451,11 @@ def predict_files(
         The TIFF has one page per class, tiled 256 x 256 and deflate-compressed, so
         ``tifffile.imread`` gives (K, H, W); it is written through a temporary raw file
         of K x H x W x 4 bytes beside it. The .npy is written in place, row band by band;
-      - ``<stem>_overlay.png`` with ``save_overlay``: the image with classes coloured.
+      - ``<stem>_overlay.png`` with ``save_overlay``: the image with classes coloured;
+      - with ``instances``: ``<stem>_labels.tif`` (objects 1..N, 16/32-bit),
+        ``<stem>_objects.csv`` (one row per object) and, with ``save_overlay``,
+        ``<stem>_objects.png`` (outlines and count); objects smaller than
+        ``min_object_size`` px are dropped (:mod:`unetkit.object_outputs`).
     Images are normalised with the checkpoint's ``data.mean``/``data.std`` (unless its
     ``data.normalize`` is "none") and must have ``model.in_channels`` channels.
 
@@ -474,7 +497,8 @@ def predict_files(
                 raise DataError(f"{path}: output name {path.stem}.png is already used by "
                                 f"{used_stems[path.stem]}; expected distinct file names")
             written.append(_predict_file(path, model, config, out_dir, save_probabilities,
-                                         save_overlay, predict_args))
+                                         save_overlay, predict_args,
+                                         min_object_size if instances else None))
             used_stems[path.stem] = path
         except WriteError:
             _report(failed, len(files))  # the disk is likely full: the rest would fail too
