@@ -406,15 +406,20 @@ def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
         num_classes = num_classes_of(config.model.out_channels)
         outputs = PredictionWriter(out_dir, path.stem, source.shape[1:], num_classes,
                                    probabilities, with_overlay)
-        # Objects need the whole image: float16 probabilities, 2 bytes per class and pixel.
-        whole = (np.empty((num_classes, *source.shape[1:]), dtype=np.float16)
-                 if instances is not None else None)
+        # Objects need the whole image: an instance model's probabilities (float16, 2 bytes
+        # per class and pixel), another model's labels (the mask's own argmax).
+        whole = None
+        if instances is not None:
+            task = config.data.task == "instances"
+            whole = np.empty((num_classes if task else 1, *source.shape[1:]),
+                             dtype=np.float16 if task else np.int32)
         try:
             for y0, y1, probs in file_bands(source, model, config, **predict_args):
                 raw = source.read_rows(y0, y1) if with_overlay else None
                 outputs.write(y0, probs.numpy(), raw)
                 if whole is not None:
-                    whole[:, y0:y1] = probs.numpy()
+                    band = probs.numpy()
+                    whole[:, y0:y1] = band if len(whole) > 1 else band.argmax(0)
             outputs.close()
         except BaseException:
             outputs.abort()

@@ -25,10 +25,12 @@ MIN_OBJECT_SIZE = InferenceConfig().min_object_size  # px: smaller specks are no
 
 def objects_from_probabilities(probabilities: np.ndarray, config: Config,
                                min_size: int = MIN_OBJECT_SIZE) -> np.ndarray:
-    """(K, H, W) class probabilities -> (H, W) int32 objects, 0 = background, 1..N."""
+    """(K, H, W) class probabilities -> (H, W) int32 objects, 0 = background, 1..N. For a
+    model that is not an instance model, (1, H, W) class labels may stand in for them."""
     if config.data.task == "instances":
         return label_objects(np.asarray(probabilities, dtype=np.float32), min_size=min_size)
-    return semantic_to_objects(np.asarray(probabilities).argmax(axis=0), min_size=min_size)
+    labels = probabilities[0] if len(probabilities) == 1 else probabilities.argmax(axis=0)
+    return semantic_to_objects(labels, min_size=min_size)
 
 
 def write_object_files(out_dir: Path, stem: str, labels: np.ndarray, image: np.ndarray,

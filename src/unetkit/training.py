@@ -275,7 +275,8 @@ def build_data(config: Config):
     if stats is not None and not imagenet and data.normalize == "auto":
         data = dataclasses.replace(data, normalize="dataset", mean=stats[0], std=stats[1])
     train_ds, val_ds, data_cfg = build_datasets(data, config.train.seed, pretrained=imagenet)
-    if not data_cfg.class_names:  # names for reports, predictions and exports
+    # Names for reports, predictions and exports (an instance model's are its own classes).
+    if data_cfg.task == "instances" or not data_cfg.class_names:
         data_cfg = dataclasses.replace(data_cfg, class_names=tuple(class_names_of(data_cfg)))
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
     return train_ds, val_ds, dataclasses.replace(config, data=data_cfg, model=model_cfg)
