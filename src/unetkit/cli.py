@@ -160,8 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def check_tiling_flags(args: argparse.Namespace) -> None:
     """The tiling flags of predict/evaluate meet the ranges of InferenceConfig (SettingError
     before any file is read)."""
-    given = {name: getattr(args, name, None) for name in ("tile", "overlap", "batch_size",
-                                                            "min_object_size")}
+    names = ("tile", "overlap", "batch_size", "min_object_size", "seed_threshold")
+    given = {name: getattr(args, name, None) for name in names}
     given = {name: value for name, value in given.items() if value is not None}
     InferenceConfig(**given)
 
@@ -175,7 +175,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, tta=args.tta, autocast=AUTOCAST[args.precision],
         save_probabilities=args.probabilities,
         save_overlay=args.overlay, device=args.device, progress=not args.quiet,
-        instances=args.instances, min_object_size=args.min_object_size)
+        instances=args.instances, min_object_size=args.min_object_size,
+        seed_threshold=args.seed_threshold)
     print(f"wrote {len(result['written'])} mask(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
              if result["failed"] else ""))
@@ -191,7 +192,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
         autocast=AUTOCAST[args.precision], device=args.device, progress=not args.quiet,
-        instance_labels=args.instance_labels, min_object_size=args.min_object_size)
+        instance_labels=args.instance_labels, min_object_size=args.min_object_size,
+        seed_threshold=args.seed_threshold)
     print(format_table(summary))
     print(f"per-image scores: {csv_path}")
     return 1 if summary["failed"] else 0
@@ -231,6 +233,16 @@ def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 only where the hardware computes it natively")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_object_flags(p: argparse.ArgumentParser) -> None:
+    defaults = InferenceConfig()
+    p.add_argument("--min-object-size", type=int, default=defaults.min_object_size,
+                   metavar="PX", help="objects smaller than this are dropped (default "
+                   f"{defaults.min_object_size})")
+    p.add_argument("--seed-threshold", type=float, default=defaults.seed_threshold,
+                   metavar="P", help="instance models: watershed seeds are interiors above "
+                   f"this probability (default {defaults.seed_threshold})")
 
 
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
@@ -295,8 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(area, centroid, box, diameter, mean intensity) and, with --overlay, "
                    "NAME_objects.png (outlines and count); separated by watershed for an "
                    "instance model (--task instances), connected components otherwise")
-    p.add_argument("--min-object-size", type=int, default=16, metavar="PX",
-                   help="with --instances: drop objects smaller than this (default 16)")
+    _add_object_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -310,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-labels", metavar="DIR",
                    help="instance labels (0 = background, 1..N objects) by file stem, for "
                    "the object metrics (default: DATA/instances when it exists)")
-    p.add_argument("--min-object-size", type=int, default=16, metavar="PX",
-                   help="predicted objects smaller than this are dropped (default 16)")
+    _add_object_flags(p)
     _add_tiling_flags(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -28,7 +28,7 @@ from .errors import writing
 from .inference import predict_probabilities
 from .metrics import confusion_matrix, hausdorff95, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
-from .object_outputs import MIN_OBJECT_SIZE, objects_from_probabilities
+from .object_outputs import MIN_OBJECT_SIZE, SEED_THRESHOLD, objects_from_probabilities
 from .outputs import num_classes_of
 from .runtime import select_device
 
@@ -116,6 +116,7 @@ def evaluate_folder(
     progress: bool = True,
     instance_labels: str | Path | None = None,
     min_object_size: int = MIN_OBJECT_SIZE,
+    seed_threshold: float = SEED_THRESHOLD,
 ) -> dict:
     """Predict every image of DATA_DIR/images and score it against DATA_DIR/masks.
 
@@ -154,7 +155,9 @@ def evaluate_folder(
                                                   disable=not progress, file=sys.stderr):
         try:
             result, cm = _score_one(model, config, image_path, mask_path, truth_path,
-                                    num_classes, hausdorff, min_object_size, predict_args)
+                                    num_classes, hausdorff,
+                                    dict(min_size=min_object_size,
+                                         seed_threshold=seed_threshold), predict_args)
         except (DataError, ValueError, OSError) as err:
             # One bad pair does not stop the others; all failures are listed at the end.
             failed.append((image_path, str(err)))
@@ -238,7 +241,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Path | None,
-               num_classes: int, hausdorff: bool, min_object_size: int,
+               num_classes: int, hausdorff: bool, object_settings: dict,
                predict_args: dict) -> tuple[dict, torch.Tensor]:
     """Scores and confusion matrix of one image against its mask (and its objects against
     the instance labels at ``truth_path``)."""
@@ -265,7 +268,7 @@ def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Pat
         result["hd95"] = [hausdorff95(labels == c, mask == c) for c in range(1, num_classes)]
         result["mean_hd95"] = _nanmean(result["hd95"])
     if truth is not None:
-        predicted = objects_from_probabilities(probs, config, min_object_size)
+        predicted = objects_from_probabilities(probs, config, **object_settings)
         result["objects"] = object_scores(truth, predicted)
     result["image"] = image_path.stem
     return result, cm

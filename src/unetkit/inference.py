@@ -41,7 +41,12 @@ from .data.normalize import normalize_image
 from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
-from .object_outputs import MIN_OBJECT_SIZE, objects_from_probabilities, write_object_files
+from .object_outputs import (
+    MIN_OBJECT_SIZE,
+    SEED_THRESHOLD,
+    objects_from_probabilities,
+    write_object_files,
+)
 from .outputs import num_classes_of, probabilities
 from .runtime import select_device, select_precision
 from .tiling import (
@@ -399,9 +404,10 @@ def predict_probabilities(source: ImageSource, model: nn.Module, config: Config,
 
 def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
                   probabilities: str | None, with_overlay: bool, predict_args: dict,
-                  instances: int | None = None) -> Path:
+                  instances: dict | None = None) -> Path:
     """Predict one image file, writing its outputs as the rows are finished; with
-    ``instances`` (the smallest object, px) also its objects, labelled after stitching."""
+    ``instances`` (objects_from_probabilities' settings) also its objects, labelled after
+    stitching."""
     with open_image(path) as source:
         num_classes = num_classes_of(config.model.out_channels)
         outputs = PredictionWriter(out_dir, path.stem, source.shape[1:], num_classes,
@@ -425,7 +431,7 @@ def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
             outputs.abort()
             raise
         if whole is not None:
-            labels = objects_from_probabilities(whole, config, min_size=instances)
+            labels = objects_from_probabilities(whole, config, **instances)
             write_object_files(out_dir, path.stem, labels,
                                source.read_rows(0, source.shape[1]), with_overlay)
     return outputs.mask_path
@@ -446,6 +452,7 @@ def predict_files(
     progress: bool = True,
     instances: bool = False,
     min_object_size: int = MIN_OBJECT_SIZE,
+    seed_threshold: float = SEED_THRESHOLD,
 ) -> dict:
     """Predict every image in ``inputs`` (files and/or folders) with a checkpoint.
 
@@ -460,7 +467,8 @@ def predict_files(
       - with ``instances``: ``<stem>_labels.tif`` (objects 1..N, 16/32-bit),
         ``<stem>_objects.csv`` (one row per object) and, with ``save_overlay``,
         ``<stem>_objects.png`` (outlines and count); objects smaller than
-        ``min_object_size`` px are dropped (:mod:`unetkit.object_outputs`).
+        ``min_object_size`` px are dropped, an instance model's watershed seeds are its
+        interiors above ``seed_threshold`` (:mod:`unetkit.object_outputs`).
     Images are normalised with the checkpoint's ``data.mean``/``data.std`` (unless its
     ``data.normalize`` is "none") and must have ``model.in_channels`` channels.
 
@@ -503,7 +511,9 @@ def predict_files(
                                 f"{used_stems[path.stem]}; expected distinct file names")
             written.append(_predict_file(path, model, config, out_dir, save_probabilities,
                                          save_overlay, predict_args,
-                                         min_object_size if instances else None))
+                                         dict(min_size=min_object_size,
+                                              seed_threshold=seed_threshold)
+                                         if instances else None))
             used_stems[path.stem] = path
         except WriteError:
             _report(failed, len(files))  # the disk is likely full: the rest would fail too

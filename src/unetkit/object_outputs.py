@@ -21,14 +21,17 @@ from .instances import label_objects, measure_objects, semantic_to_objects, writ
 from .report import outline_objects
 
 MIN_OBJECT_SIZE = InferenceConfig().min_object_size  # px: smaller specks are noise
+SEED_THRESHOLD = InferenceConfig().seed_threshold  # interior probability of a seed
 
 
 def objects_from_probabilities(probabilities: np.ndarray, config: Config,
-                               min_size: int = MIN_OBJECT_SIZE) -> np.ndarray:
+                               min_size: int = MIN_OBJECT_SIZE,
+                               seed_threshold: float = SEED_THRESHOLD) -> np.ndarray:
     """(K, H, W) class probabilities -> (H, W) int32 objects, 0 = background, 1..N. For a
     model that is not an instance model, (1, H, W) class labels may stand in for them."""
     if config.data.task == "instances":
-        return label_objects(np.asarray(probabilities, dtype=np.float32), min_size=min_size)
+        return label_objects(np.asarray(probabilities, dtype=np.float32), min_size=min_size,
+                             seed_threshold=seed_threshold)
     labels = probabilities[0] if len(probabilities) == 1 else probabilities.argmax(axis=0)
     return semantic_to_objects(labels, min_size=min_size)
 
