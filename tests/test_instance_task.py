@@ -67,13 +67,16 @@ def test_predict_instances_writes_labels_table_and_overlay(trained, tmp_path):
 
 
 def test_semantic_checkpoint_objects_are_connected_components(trained, tmp_path):
+    # 16 px tiles on a 64 px image: objects cross tile borders and must come out whole,
+    # as the connected components of the stitched mask.
     _, ckpt, data = trained
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(ckpt), str(data / "images"), "--out",
-                 str(out), "--instances", "--quiet", "--precision", "fp32"]) == 0
+                 str(out), "--instances", "--quiet", "--precision", "fp32",
+                 "--tile", "16"]) == 0
     model, config = load_checkpoint(ckpt, fold_batchnorm=True)
     image = normalize_image(read_image(data / "images" / "nuclei_001.png"), config)
-    mask = predict(model, image, autocast=False).argmax(0)
+    mask = predict(model, image, tile=16, autocast=False).argmax(0)
     expected = semantic_to_objects(mask, min_size=16)
     assert np.array_equal(tifffile.imread(out / "nuclei_001_labels.tif"), expected)
 
