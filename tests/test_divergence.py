@@ -99,3 +99,38 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
     assert row["skipped_steps"] == 1 and math.isfinite(row["train_loss"])
     weights = load_file(str(result.last / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+class InfOnSecondBatch:
+    """Wraps the augmenter; its second batch holds an inf pixel (a corrupt image)."""
+
+    def __init__(self, augmenter):
+        self.augmenter, self.calls, self.generator = augmenter, 0, augmenter.generator
+
+    def __call__(self, batch):
+        batch = self.augmenter(batch)
+        self.calls += 1
+        if self.calls == 2:
+            batch["image"] = batch["image"].clone()
+            batch["image"][0, 0, 0, 0] = math.inf
+        return batch
+
+
+def test_a_skipped_step_leaves_no_trace_in_batchnorm_statistics(tmp_path, monkeypatch):
+    import unetkit.training as training
+
+    real = training.Augmenter
+    monkeypatch.setattr(training, "Augmenter", lambda *a, **k: InfOnSecondBatch(real(*a, **k)))
+    cfg = tiny_config(tmp_path / "run", epochs=1)
+    cfg.train = dataclasses.replace(cfg.train, batch_size=2)
+    result = train(cfg, progress=False)  # without the restore: "running_var ... not finite"
+    assert result.history[0]["skipped_steps"] == 1
+    weights = load_file(str(result.last / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_ignore_index_may_not_be_an_instance_class(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=1)
+    cfg.data = dataclasses.replace(cfg.data, task="instances", ignore_index=2)
+    with pytest.raises(ValueError, match=r"ignore_index=2 is a real class \(0..2\)"):
+        train(cfg, progress=False)

@@ -96,3 +96,25 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("UNETKIT_DEBUG", "1")
     with pytest.raises(SettingError):
         main(["train", "--epochs", "0", "--out", str(tmp_path / "r")])
+
+
+def test_machine_problems_are_one_line(tmp_path, capsys, monkeypatch):
+    assert main(["train", "--device", "gpu", "--out", str(tmp_path / "r")]) == 2
+    assert "--device gpu: expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert f"--config {tmp_path}: cannot read it" in capsys.readouterr().err
+
+    import unetkit.training as training
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training, "build_run", out_of_memory)
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "smaller --batch-size" in err and "Traceback" not in err
+
+
+def test_none_in_a_config_file_unsets_an_optional_setting():
+    config = Config.from_dict({"model": {"norm": "none"}, "train": {"steps_per_epoch": "None"}})
+    assert config.model.norm is None and config.train.steps_per_epoch is None

@@ -122,7 +122,8 @@ def load_checkpoint(
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:
-    """The optimizer/scheduler/epoch/RNG state saved for ``--resume``."""
+    """The optimizer, scheduler, loss-scaler, epoch and best-Dice state saved for
+    ``--resume`` (random streams restart from the seed, the rank and the epoch)."""
     folder = _check_folder(folder, need_state=True)
     try:
         return torch.load(folder / STATE, map_location="cpu", weights_only=True)

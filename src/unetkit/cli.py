@@ -17,13 +17,12 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import SECTIONS, Config, InferenceConfig, flag_name
+from .config import SECTIONS, Config, InferenceConfig, TrainConfig, choices_of, flag_name
 from .errors import UserError
 from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
 
 # Set from the data (image channels, number of classes), not by the user.
 DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("data", "context")}
-AUTOCAST = {"auto": None, "fp32": False, "bf16": True}  # --precision -> predict(autocast=)
 # Errors that are the user's to fix: printed as one line with exit code 2 (no traceback
 # unless --debug or UNETKIT_DEBUG=1). DataError, SettingError and CheckpointError are
 # ValueErrors; WriteError, DivergenceError and ExportError are UserErrors.
@@ -127,7 +126,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def read_config_file(path: str) -> dict:
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: cannot read it ({err})") from err
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml
@@ -172,7 +174,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_tiling_flags(args)
     result = predict_files(
         args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-        batch_size=args.batch_size, tta=args.tta, autocast=AUTOCAST[args.precision],
+        batch_size=args.batch_size, tta=args.tta, autocast=args.precision,
         save_probabilities=args.probabilities,
         save_overlay=args.overlay, device=args.device, progress=not args.quiet,
         instances=args.instances, min_object_size=args.min_object_size,
@@ -191,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_folder(
         args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
-        autocast=AUTOCAST[args.precision], device=args.device, progress=not args.quiet,
+        autocast=args.precision, device=args.device, progress=not args.quiet,
         instance_labels=args.instance_labels, min_object_size=args.min_object_size,
         seed_threshold=args.seed_threshold)
     print(format_table(summary))
@@ -229,8 +231,9 @@ def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
                    help="average over flips and 90-degree rotations")
     p.add_argument("--overlap", type=float,
                    help="same-padding models: tile overlap fraction (default 0.25)")
-    p.add_argument("--precision", choices=tuple(AUTOCAST), default="auto",
-                   help="auto: bf16 only where the hardware computes it natively")
+    p.add_argument("--precision", choices=choices_of(TrainConfig, "precision"), default="auto",
+                   help="auto: $UNETKIT_PRECISION if set, else bf16 (fp16 on CUDA without "
+                   "bf16) only where the hardware computes it natively")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -364,14 +367,22 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     if relaunch:
         relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("UNETKIT_DEBUG"))
     try:
         return args.func(args)
     except USER_ERRORS as err:
         # The user's problem (a setting, a file, a full disk, a diverging run): the message
         # is the whole story, exit code 2. Anything else is a bug and keeps its traceback.
-        if args.debug or os.environ.get("UNETKIT_DEBUG"):
+        if debug:
             raise
         print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        # Running out of memory is the user's to fix too (a smaller batch or tile).
+        if debug or "out of memory" not in str(err).lower():
+            raise
+        print(f"unetkit {args.command}: error: out of memory ({str(err).splitlines()[0]}); "
+              "try a smaller --batch-size, --patch-size or --tile", file=sys.stderr)
         return 2
 
 

@@ -150,7 +150,8 @@ class DataConfig(_Checked):
     num_classes: int = setting(2, ge=2)  # mask classes, including background
     # instances: learn background / interior / boundary, to separate touching objects
     task: str = setting("semantic", choices=("semantic", "instances"))
-    boundary_width: int = setting(2, ge=1)  # instances: thickness of the boundary class, px
+    # 3 measured best on the demo's 15-25 px nuclei (benchmarks/results/instances.md)
+    boundary_width: int = setting(3, ge=1)  # instances: thickness of the boundary class, px
     class_names: tuple[str, ...] = ()  # names for reports, background first
     mask_encoding: str = setting("auto", choices=("auto", "binary", "index", "palette"))
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
@@ -348,7 +349,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(hint)):
+        optional = len(args) < len(typing.get_args(hint))
+        # "none" as text means unset, as the flags take it (older config.json files too).
+        if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
             return None
         errors = []
         for arg in args:  # the first type that takes the value (bool before str)

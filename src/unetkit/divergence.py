@@ -2,10 +2,11 @@
 
 Three checks, each cheap next to a training step:
 
-* A step whose loss or gradient norm is not finite is SKIPPED (no optimizer update) and
-  counted; ``max_bad_steps`` of them in a row stop the run. (Under fp16 loss scaling an
-  infinite gradient is the scaler's normal signal to lower its scale, so there only a
-  non-finite loss counts.)
+* A step whose loss or gradient norm is not finite is SKIPPED (no optimizer update, and
+  the BatchNorm statistics its forward pass changed are put back) and counted;
+  ``max_bad_steps`` of them in a row stop the run. (Under fp16 loss scaling an infinite
+  gradient is the scaler's normal signal to lower its scale, so there only a non-finite
+  loss counts.)
 * The loss, smoothed over steps, passing ``max_loss_factor`` times its starting value
   stops the run: a learning rate far too high shows up this way long before NaN does.
 * Before every checkpoint, the parameters AND buffers (BatchNorm running statistics can
@@ -81,12 +82,17 @@ class DivergenceGuard:
         """Raise DivergenceError when a parameter or buffer is not finite (before a save)."""
         bad = nonfinite_tensors(model)
         if bad:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise self._error(epoch, None, f"{len(bad)} tensor(s) of the model are not "
-                              f"finite ({shown}), so this epoch was not saved")
+            raise self.weights_error(epoch, bad)
+
+    def weights_error(self, epoch: int, bad: list[str]) -> DivergenceError:
+        """The error for the non-finite tensors named in ``bad``."""
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        return self._error(epoch, None, f"{len(bad)} tensor(s) of the model are not "
+                           f"finite ({shown}), so this epoch was not saved")
 
     def _error(self, epoch: int, step: int | None, what: str) -> DivergenceError:
         where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
         return DivergenceError(f"training diverged at {where}: {what}; checkpoints of "
-                               f"finished epochs are kept. Try a lower --lr (now "
-                               f"{self.lr:g}), e.g. {self.lr / 10:g}")
+                               f"finished epochs are kept. Start again with a lower --lr "
+                               f"(now {self.lr:g}), e.g. {self.lr / 10:g}, and --overwrite "
+                               "(--resume keeps the saved settings)")

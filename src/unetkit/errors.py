@@ -62,6 +62,18 @@ def writing(what: str, path: str | Path, cleanup: str | Path | None = None) -> I
                          f"({free_space(path)} there)") from err
 
 
+@contextmanager
+def replacing(what: str, path: str | Path) -> Iterator[Path]:
+    """Write ``path`` through a temporary sibling that is renamed over it at the end: the
+    block writes to the yielded path; a failure is one WriteError and leaves the previous
+    file as it was."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with writing(what, path, cleanup=tmp):
+        yield tmp
+        os.replace(tmp, path)
+
+
 def _is_write_failure(err: BaseException) -> bool:
     """OSError anywhere in the chain, or a writer library's own error type (safetensors
     raises SafetensorError with the OS message as text)."""

@@ -24,7 +24,7 @@ from .config import class_names_of, target_classes
 from .data.folder import pair_folder
 from .data.io import IMAGE_SUFFIXES, DataError, read_instances, read_mask
 from .data.regions import open_image
-from .errors import writing
+from .errors import replacing, writing
 from .inference import predict_probabilities
 from .metrics import confusion_matrix, hausdorff95, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
@@ -111,7 +111,7 @@ def evaluate_folder(
     overlap: float | None = None,
     batch_size: int = 4,
     tta: bool = False,
-    autocast: bool | None = None,
+    autocast: bool | str | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     instance_labels: str | Path | None = None,
@@ -232,9 +232,10 @@ def _overall(total: torch.Tensor, per_image: list[dict], hausdorff: bool,
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = list(rows[-1])  # the overall row has every column (objects if any image has)
-    with writing("evaluation table", path, cleanup=path):
+    with writing("evaluation table", path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
+    with replacing("evaluation table", path) as tmp:
+        with tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(rows)
@@ -248,6 +249,8 @@ def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Pat
     data = config.data
     mask = read_mask(mask_path, data.num_classes, data.mask_encoding,
                      dict(data.palette) or None, data.ignore_index)
+    if data.task == "instances":  # an instance model is scored on its foreground
+        mask = np.where(mask == data.ignore_index, mask, mask > 0).astype(np.int64)
     truth = read_instances(truth_path) if truth_path is not None else None
     with open_image(image_path) as source:
         height, width = source.shape[1:]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, unwrap
+from .config import target_classes
 from .errors import UserError, writing
 from .models import UNet
 from .models.blocks import pad_to_multiple
@@ -118,7 +119,7 @@ def _add_onnx_metadata(path: Path, config) -> None:
 
     model = onnx.load(str(path))
     data = config.data
-    binary = logit_channels(config.data.num_classes) == 1
+    binary = logit_channels(target_classes(config.data)) == 1
     meta = {
         "input": "image (N, C, H, W) float32 in [0, 1] by the file's bit depth, then "
                  "(x - mean) / std per channel",

@@ -86,14 +86,13 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dt
     return None, torch.float32
 
 
-def _autocast_dtype(autocast: bool | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for none. None (auto): what training picks for the
-    device (:func:`unetkit.runtime.select_precision`): bf16 on CUDA with bf16 and on CPUs
-    with native bf16, else fp32 (emulated bf16 on other CPUs is far slower)."""
-    if autocast is None:
-        dtype = select_precision(device, "auto")
-        return None if dtype == torch.float32 else dtype
-    return torch.bfloat16 if autocast else None
+def _autocast_dtype(autocast: bool | str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for none, decided by
+    :func:`unetkit.runtime.select_precision`: ``autocast`` None is "auto", a precision name
+    (auto | fp32 | bf16 | fp16) is passed on, True means bf16 and False fp32."""
+    name = {None: "auto", True: "bf16", False: "fp32"}.get(autocast, autocast)
+    dtype = select_precision(device, name)
+    return None if dtype == torch.float32 else dtype
 
 
 def _dihedral(square: bool) -> list[tuple[int, bool]]:
@@ -192,7 +191,7 @@ def predict_bands(
     overlap: float | None = None,
     batch_size: int = _DEFAULTS.batch_size,
     tta: bool = False,
-    autocast: bool | None = None,
+    autocast: bool | str | None = None,
     blend: str = "gaussian",
     sigma_scale: float = _DEFAULTS.sigma_scale,
     device: str | torch.device | None = None,
@@ -250,7 +249,7 @@ def predict(
     overlap: float | None = None,
     batch_size: int = _DEFAULTS.batch_size,
     tta: bool = False,
-    autocast: bool | None = None,
+    autocast: bool | str | None = None,
     blend: str = "gaussian",
     sigma_scale: float = _DEFAULTS.sigma_scale,
     out: torch.Tensor | np.ndarray | None = None,
@@ -277,8 +276,10 @@ def predict(
         batch_size: tiles per forward pass; with the tile side it sets the memory used.
         tta: average over the 8 flips/90-degree rotations of each tile (only the 4 flips
             and the 180-degree rotation for a non-square tile), each undone on the output.
-        autocast: True for bf16 autocast, False for fp32; None: bf16 where the hardware
-            computes it natively (CUDA, CPUs with AVX-512 BF16 / AMX), else fp32.
+        autocast: a precision name (auto | fp32 | bf16 | fp16), True for bf16, False for
+            fp32; None means "auto": $UNETKIT_PRECISION if set, else bf16 where the
+            hardware computes it natively (CUDA, CPUs with AVX-512 BF16 / AMX), else fp32
+            (:func:`unetkit.runtime.select_precision`).
         blend: "gaussian" (weights ``exp(-d^2 / (2 sigma^2))``, ``sigma = sigma_scale *
             tile``) or "constant" (plain average over overlapping tiles).
         out: optional preallocated float array/tensor (K, H, W) to write into, e.g. a
@@ -445,7 +446,7 @@ def predict_files(
     overlap: float | None = None,
     batch_size: int = _DEFAULTS.batch_size,
     tta: bool = False,
-    autocast: bool | None = None,
+    autocast: bool | str | None = None,
     save_probabilities: str | None = None,
     save_overlay: bool = False,
     device: str | torch.device | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import writing
+from .errors import replacing, writing
 
 # A fixed, colour-blind-friendly class palette (Okabe-Ito), background transparent.
 CLASS_COLOURS = np.array(
@@ -83,8 +83,8 @@ def _save_figure(fig, path: str | Path, what: str, dpi: int) -> None:
     """Save and close ``fig``; a failed write is one WriteError line, no partial file."""
     fig.tight_layout()
     try:
-        with writing(what, path, cleanup=path):
-            fig.savefig(path, dpi=dpi)
+        with replacing(what, path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         _pyplot().close(fig)
 

@@ -49,7 +49,7 @@ from .config import (
 )
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
-from .divergence import DivergenceGuard
+from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
 from .losses import build_loss
 from .models.blocks import center_crop
@@ -184,7 +184,7 @@ def train(config: Config, progress: bool = True,
             run.config.train.num_preview if want_previews else 0)
         row = epoch_row(run, epoch, train_loss, val_loss, scores, seen, seconds)
         improved = update_best(run, row["val_dice"])
-        run.guard.check_weights(unwrap(run.model), epoch)  # every rank: they stop together
+        check_weights(run, epoch)
         if run.rt.is_main:
             save_epoch(run, epoch, row, {"epoch": epoch, **scores, "val_loss": val_loss},
                        improved, want_previews)
@@ -370,6 +370,8 @@ def training_step(run: Run, batch: dict, epoch: int, step: int) -> torch.Tensor 
     the detached loss, or None for a skipped step."""
     rt = run.rt
     batch = run.augmenter(move_batch(batch, rt.device))
+    # The forward pass updates BatchNorm statistics; a skipped step must not keep them.
+    saved_stats = [buffer.clone() for buffer in run.model.buffers()]
     image = batch["image"]
     if rt.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
@@ -389,12 +391,28 @@ def training_step(run: Run, batch: dict, epoch: int, step: int) -> torch.Tensor 
     loss_value, norm_value = _global_values(loss.detach(), grad_norm, rt)
     if not run.guard.allow_step(loss_value, norm_value, epoch, step):
         run.scaler.update()  # under fp16, lowers the loss scale after an overflow
+        with torch.no_grad():
+            for buffer, saved in zip(run.model.buffers(), saved_stats):
+                buffer.copy_(saved)
         return None
     run.scaler.step(run.optimizer)
     run.scaler.update()
     if run.per_step:
         run.scheduler.step()
     return loss.detach()
+
+
+def check_weights(run: Run, epoch: int) -> None:
+    """Raise DivergenceError on every rank when any rank's parameters or BatchNorm
+    statistics are not finite (ranks' statistics differ without sync_batchnorm)."""
+    bad = nonfinite_tensors(unwrap(run.model))
+    if run.rt.distributed:
+        flag = torch.tensor([float(bool(bad))], device=run.rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not bad:
+            bad = ["a tensor on another rank"]
+    if bad:
+        raise run.guard.weights_error(epoch, bad)
 
 
 def _global_values(loss: torch.Tensor, grad_norm: torch.Tensor, rt: Runtime):
@@ -441,9 +459,11 @@ def save_epoch(run: Run, epoch: int, row: dict[str, float], metrics: dict, impro
     resume_state = {"epoch": epoch, "best_dice": run.best_dice,
                     "optimizer": run.optimizer.state_dict(),
                     "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()}
-    save_checkpoint(run.last_dir, run.model, run.config, metrics, resume_state)
+    # best before last: if writing best fails, last still holds the previous epoch, whose
+    # best_dice does not claim a best checkpoint that was never written.
     if improved:  # also resumable: fine-tune from the best epoch with --resume
         save_checkpoint(run.best_dir, run.model, run.config, metrics, resume_state)
+    save_checkpoint(run.last_dir, run.model, run.config, metrics, resume_state)
     if figures:
         plot_curves(run.log.rows, run.out / "curves.png")
         plot_predictions(run.previews, run.out / "predictions.png",

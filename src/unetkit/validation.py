@@ -59,8 +59,10 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 
 
 def reduce_mean(total: torch.Tensor, count: int, rt: Runtime) -> float:
-    """``total / count`` summed over all ranks (plain division in one process)."""
+    """``total / count`` summed over all ranks (plain division in one process); NaN when
+    the count is 0 (an epoch whose every step was skipped has no mean loss)."""
     pair = torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)])
     if rt.distributed:
         dist.all_reduce(pair)
-    return (pair[0] / pair[1].clamp(min=1)).item()
+    total_value, count_value = pair.tolist()
+    return total_value / count_value if count_value else float("nan")

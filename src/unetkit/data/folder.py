@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from unetkit.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from unetkit.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, target_classes
 from unetkit.data.dataset import SegmentationDataset
 from unetkit.data.io import (
     DataError,
@@ -37,9 +37,10 @@ __all__ = ["build_datasets", "SegmentationDataset", "make_loader", "default_num_
 
 def _check_config(cfg: DataConfig) -> None:
     # num_classes >= 2 is DataConfig's own range (config.py).
-    if cfg.ignore_index is not None and 0 <= cfg.ignore_index < cfg.num_classes:
+    classes = max(cfg.num_classes, target_classes(cfg))  # the instance target has 3
+    if cfg.ignore_index is not None and 0 <= cfg.ignore_index < classes:
         raise ValueError(f"ignore_index={cfg.ignore_index} is a real class (0.."
-                         f"{cfg.num_classes - 1}); use a value outside, e.g. 255")
+                         f"{classes - 1}); use a value outside, e.g. 255")
     if cfg.patch_size < 1:
         raise ValueError(f"patch_size={cfg.patch_size}; expected a positive number of pixels")
 

@@ -370,22 +370,25 @@ def write_demo_data(
     import tifffile
     from PIL import Image
 
+    from ..errors import writing
+
     directory = Path(directory)
     items = make_demo_dataset(count, size, seed, multiclass)
-    for sub in ("images", "masks", "instances"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    digits = max(3, len(str(max(count - 1, 0))))
-    stems = [f"nuclei_{i:0{digits}d}" for i in range(count)]
-    for stem, (image, mask, instances) in zip(stems, items):
-        pixels = np.round(image[0] * 255.0).astype(np.uint8)
-        Image.fromarray(pixels).save(directory / "images" / f"{stem}.png")
-        mask_pixels = mask.astype(np.uint8) if multiclass else (mask > 0).astype(np.uint8) * 255
-        Image.fromarray(mask_pixels).save(directory / "masks" / f"{stem}.png")
-        if instances.max() > np.iinfo(np.uint16).max:
-            raise ValueError(
-                f"{directory / 'instances' / stem}.tif: {int(instances.max())} objects, "
-                "expected at most 65535 for a 16-bit label image"
-            )
-        tifffile.imwrite(directory / "instances" / f"{stem}.tif", instances.astype(np.uint16))
-    (directory / "README.txt").write_text(_readme_text(count, size, seed, multiclass, stems))
+    with writing("demo data", directory):
+        for sub in ("images", "masks", "instances"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        digits = max(3, len(str(max(count - 1, 0))))
+        stems = [f"nuclei_{i:0{digits}d}" for i in range(count)]
+        for stem, (image, mask, instances) in zip(stems, items):
+            pixels = np.round(image[0] * 255.0).astype(np.uint8)
+            Image.fromarray(pixels).save(directory / "images" / f"{stem}.png")
+            mask_pixels = mask.astype(np.uint8) if multiclass else (mask > 0).astype(np.uint8) * 255
+            Image.fromarray(mask_pixels).save(directory / "masks" / f"{stem}.png")
+            if instances.max() > np.iinfo(np.uint16).max:
+                raise ValueError(
+                    f"{directory / 'instances' / stem}.tif: {int(instances.max())} objects, "
+                    "expected at most 65535 for a 16-bit label image"
+                )
+            tifffile.imwrite(directory / "instances" / f"{stem}.tif", instances.astype(np.uint16))
+        (directory / "README.txt").write_text(_readme_text(count, size, seed, multiclass, stems))
     return directory

@@ -1,5 +1,8 @@
 """Batched, on-device data augmentation for segmentation batches.
 
+(Longer than our usual 400 lines: the geometric grid, the elastic field and the
+photometric changes are one pipeline that is read, and tested, together.)
+
 A batch is a dict with
 
 * ``"image"``  float (B, C, H, W), already normalised,
