@@ -43,7 +43,8 @@ def test_instance_task_learns_the_three_class_target(trained, tmp_path):
     data = dataclasses.replace(config.data, num_workers=0)
     _, val, _ = build_datasets(data, config.train.seed)
     item = val.items[0]
-    assert torch.equal(val[0]["mask"], torch.from_numpy(instance_target(item.instances, 2)))
+    expected = instance_target(item.instances, config.data.boundary_width)
+    assert torch.equal(val[0]["mask"], torch.from_numpy(expected))
     assert set(val[0]["mask"].unique().tolist()) == {0, 1, 2}
 
 
