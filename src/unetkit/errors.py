@@ -51,12 +51,12 @@ def writing(what: str, path: str | Path, cleanup: str | Path | None = None) -> I
     try:
         yield
     except WriteError:
-        _remove(cleanup)
+        remove_quietly(cleanup)
         raise
     except Exception as err:
         if not _is_write_failure(err):
             raise
-        _remove(cleanup)
+        remove_quietly(cleanup)
         reason = getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__
         raise WriteError(f"could not write {what} to {path}: {reason} "
                          f"({free_space(path)} there)") from err
@@ -85,7 +85,8 @@ def _is_write_failure(err: BaseException) -> bool:
     return type(err).__name__ in ("SafetensorError",)
 
 
-def _remove(path: str | Path | None) -> None:
+def remove_quietly(path: str | Path | None) -> None:
+    """Remove a file or folder if it is there; never raises."""
     if path is None:
         return
     path = Path(path)

@@ -133,12 +133,9 @@ def _normalised_axis_weights(axis: _Axis, blend: str, sigma_scale: float) -> lis
 
 
 def check_blend(blend: str, overlap: float, sigma_scale: float) -> None:
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), a fraction of the tile side, got {overlap}")
-    if sigma_scale <= 0:
-        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
+    """SettingError unless the blending settings are in InferenceConfig's ranges (the
+    ranges are declared there, once)."""
+    InferenceConfig(blend=blend, overlap=overlap, sigma_scale=sigma_scale)
 
 
 def is_valid_unet(net: nn.Module) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import writing
+from ..errors import remove_quietly, writing
 from ..report import overlay
 from .io import _unit_to_uint8, mask_pixels
 
@@ -76,14 +76,7 @@ class _Rows:
     def abort(self) -> None:
         """Remove what was written (the finished file is never touched)."""
         self._file.close()
-        _remove(self.partial)
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+        remove_quietly(self.partial)
 
 
 class PngRows(_Rows):
