@@ -29,7 +29,7 @@ from .inference import predict_probabilities
 from .metrics import confusion_matrix, hausdorff95, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
 from .object_outputs import MIN_OBJECT_SIZE, SEED_THRESHOLD, objects_from_probabilities
-from .outputs import num_classes_of
+from .outputs import labels_of_probabilities, num_classes_of
 from .runtime import select_device
 
 __all__ = ["evaluate_folder", "format_table", "find_pairs", "scan_pairs", "METRICS"]
@@ -261,7 +261,7 @@ def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Pat
                                 f"{image_path.name} is {height}x{width}; expected the same "
                                 "height and width")
         probs = predict_probabilities(source, model, config, **predict_args)
-    labels = probs.argmax(axis=0)
+    labels = labels_of_probabilities(probs)
     if data.task == "instances":
         labels = (labels > 0).astype(np.int64)  # interior or boundary: foreground
     cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,

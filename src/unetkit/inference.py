@@ -47,7 +47,7 @@ from .object_outputs import (
     objects_from_probabilities,
     write_object_files,
 )
-from .outputs import num_classes_of, probabilities
+from .outputs import labels_of_probabilities, num_classes_of, probabilities
 from .runtime import select_device, select_precision
 from .tiling import (
     BLENDS,
@@ -426,7 +426,7 @@ def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
                 outputs.write(y0, probs.numpy(), raw)
                 if whole is not None:
                     band = probs.numpy()
-                    whole[:, y0:y1] = band if len(whole) > 1 else band.argmax(0)
+                    whole[:, y0:y1] = band if len(whole) > 1 else labels_of_probabilities(band)
             outputs.close()
         except BaseException:
             outputs.abort()

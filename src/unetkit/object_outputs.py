@@ -18,6 +18,7 @@ from PIL import Image
 from .config import Config, InferenceConfig
 from .errors import writing
 from .instances import label_objects, measure_objects, semantic_to_objects, write_objects_csv
+from .outputs import labels_of_probabilities
 from .report import outline_objects
 
 MIN_OBJECT_SIZE = InferenceConfig().min_object_size  # px: smaller specks are noise
@@ -32,7 +33,8 @@ def objects_from_probabilities(probabilities: np.ndarray, config: Config,
     if config.data.task == "instances":
         return label_objects(np.asarray(probabilities, dtype=np.float32), min_size=min_size,
                              seed_threshold=seed_threshold)
-    labels = probabilities[0] if len(probabilities) == 1 else probabilities.argmax(axis=0)
+    labels = (probabilities[0] if len(probabilities) == 1
+              else labels_of_probabilities(probabilities))
     return semantic_to_objects(labels, min_size=min_size)
 
 

@@ -49,6 +49,12 @@ def probabilities(logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
+def labels_of_probabilities(probabilities):
+    """(K, ...) class probabilities (numpy or tensor, as :func:`probabilities` gives them
+    for one image) -> (...) class indices: the most probable class."""
+    return probabilities.argmax(0)
+
+
 def labels(logits: Tensor) -> Tensor:
     """(B, C, ...) logits -> (B, ...) int64 class indices: logit > 0 when C == 1 (sigmoid
     > 0.5), argmax over C otherwise."""

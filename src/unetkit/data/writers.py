@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import remove_quietly, writing
+from ..outputs import labels_of_probabilities
 from ..report import overlay
 from .io import _unit_to_uint8, mask_pixels
 
@@ -238,7 +239,7 @@ class PredictionWriter:
     def write(self, y0: int, probs: np.ndarray, image: np.ndarray | None = None) -> None:
         """Rows ``y0 ..`` of the probabilities (K, h, W); ``image``: the same rows of the
         image, (C, h, W) in [0, 1], for the overlay."""
-        labels = probs.argmax(axis=0)
+        labels = labels_of_probabilities(probs)
         self._write("mask", y0, mask_pixels(self.mask_path, labels, self.num_classes))
         if "probabilities" in self.writers:
             self._write("probabilities", y0, probs)
