@@ -28,6 +28,8 @@ from unetkit.training import prepare_config, train
     (["--padding", "valid", "--patch-size", "100"], "--patch-size 100: expected >= 188"),
     (["--arch", "resnet_unet", "--patch-size", "16"], "--patch-size 16: expected >= 32"),
     (["--scale", "1.2", "0.8"], "--scale 1.2 0.8: expected two numbers, low <= high"),
+    (["--arch", "resnet_unet", "--decoder-channels", "16", "8", "--data", "/nonexistent"],
+     "--decoder-channels 16 8: expected 5 values, one per stage of encoder resnet34"),
 ])
 def test_bad_flag_is_refused_before_anything_is_written(tmp_path, capsys, flags, message):
     out = tmp_path / "run"

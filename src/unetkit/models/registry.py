@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig, setting_error
@@ -57,6 +58,17 @@ def check_model(cfg: ModelConfig) -> None:
     if cfg.pretrained and not hasattr(ENCODERS[name].cls, "load_pretrained"):
         raise setting_error("model", "pretrained", cfg.pretrained,
                             f"false: encoder {name} has no pretrained weights")
+    _check_decoder(cfg, name)
+
+
+def _check_decoder(cfg: ModelConfig, name: str) -> None:
+    """One decoder width per encoder stage. The encoder is built on the "meta" device,
+    which allocates nothing, just to count its stages before any data is read."""
+    with torch.device("meta"):
+        stages = len(encoder_entry(name).build(cfg.in_channels).feature_channels)
+    if len(cfg.decoder_channels) != stages:
+        raise setting_error("model", "decoder_channels", tuple(cfg.decoder_channels),
+                            f"{stages} values, one per stage of encoder {name}")
 
 
 def encoder_size_multiple(cfg: ModelConfig) -> int | None:
@@ -100,9 +112,5 @@ def _encoder_unet(cfg: ModelConfig, load_pretrained: bool) -> nn.Module:
     """U-Net decoder on the named encoder (a ResNet unless ``model.encoder`` says else)."""
     name = encoder_name(cfg)
     encoder = build_encoder(name, cfg.in_channels, cfg.pretrained if load_pretrained else False)
-    stages = len(encoder.feature_channels)
-    if len(cfg.decoder_channels) != stages:
-        raise setting_error("model", "decoder_channels", tuple(cfg.decoder_channels),
-                            f"{stages} values, one per stage of encoder {name}")
     return EncoderUNet(encoder, cfg.out_channels, tuple(cfg.decoder_channels),
                        cfg.freeze_encoder)
