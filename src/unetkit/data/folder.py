@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -65,7 +66,10 @@ def dataset_items(cfg: DataConfig, seed: int) -> list[Item]:
     same ones :func:`build_datasets` uses) or the folder's, training and validation both."""
     if cfg.root is None:
         return _demo_items(cfg, seed)
-    train_items, val_items = find_items(cfg.root, cfg, seed)
+    root = Path(cfg.root).expanduser()
+    if (root / "images").is_dir() and not (root / "train").is_dir():
+        return pair_folder(root)  # not split: a single image is a data set here too
+    train_items, val_items = find_items(root, cfg, seed)  # train/val layout, or its error
     return sorted(train_items + val_items, key=lambda it: it.name)
 
 
