@@ -1,4 +1,4 @@
-"""The ``unetkit`` command line: train | predict | evaluate | export | make-demo-data.
+"""The ``unetkit`` command line: train | predict | evaluate | export | plan | make-demo-data.
 
 A thin layer: each command parses flags into the typed configs and calls a function a
 Python user can call too. ``unetkit train`` gets one flag per setting in
@@ -17,7 +17,15 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import SECTIONS, Config, InferenceConfig, TrainConfig, choices_of, flag_name
+from .config import (
+    SECTIONS,
+    Config,
+    DataConfig,
+    InferenceConfig,
+    TrainConfig,
+    choices_of,
+    flag_name,
+)
 from .errors import UserError
 from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
 
@@ -257,6 +265,23 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Measure the data once: print the fingerprint table and write it as JSON."""
+    from .errors import writing
+    from .fingerprint import default_out, fingerprint, format_fingerprint
+
+    data = DataConfig(root=args.data, num_classes=args.num_classes,
+                      mask_encoding=args.mask_encoding)
+    fp = fingerprint(data, seed=args.seed)
+    print(format_fingerprint(fp))
+    out = Path(args.out) if args.out else default_out(data)
+    with writing("the fingerprint", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(fp, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """What this machine will run with: the settings `train` and `predict` pick."""
     import torch
@@ -341,6 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed difference from PyTorch")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plan", parents=[common],
+                       help="measure a data set: sizes, intensities, classes, objects",
+                       description="Read every image, mask and instance file once and "
+                       "print the data fingerprint (sizes, channels, intensity statistics, "
+                       "class frequencies, object sizes, touching objects, warnings); "
+                       "also written as JSON.")
+    p.add_argument("--data", metavar="DIR",
+                   help="folder with images/, masks/ (default: the built-in demo data)")
+    p.add_argument("--out", metavar="FILE",
+                   help="JSON file (default: DATA/fingerprint.json, runs/demo-fingerprint.json)")
+    p.add_argument("--num-classes", type=int, default=2, help="mask classes, background "
+                   "included (default 2)")
+    p.add_argument("--mask-encoding", default="auto",
+                   choices=choices_of(DataConfig, "mask_encoding"), help="default auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the intensity sample")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("info", parents=[common],
                        help="show the device, precision and allocator in use")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -30,9 +31,9 @@ from unetkit.data.pairing import (
 )
 from unetkit.process import available_cores
 
-__all__ = ["build_datasets", "SegmentationDataset", "make_loader", "default_num_workers",
-           "available_cores", "LAYOUT", "Item", "compute_stats", "find_items", "pair_folder",
-           "preflight", "split_items"]
+__all__ = ["build_datasets", "dataset_items", "SegmentationDataset", "make_loader",
+           "default_num_workers", "available_cores", "LAYOUT", "Item", "compute_stats",
+           "find_items", "pair_folder", "preflight", "split_items"]
 
 
 def _check_config(cfg: DataConfig) -> None:
@@ -58,6 +59,18 @@ def _demo_items(cfg: DataConfig, seed: int) -> list[Item]:
                                           multiclass=cfg.demo == "multiclass")
     return [Item(name=f"demo_{i:03d}", image=image, mask=mask, instances=instances)
             for i, (image, mask, instances) in enumerate(samples)]
+
+
+def dataset_items(cfg: DataConfig, seed: int) -> list[Item]:
+    """Every item of the data set, unopened: the demo's (``cfg.root`` None, in memory, the
+    same ones :func:`build_datasets` uses) or the folder's, training and validation both."""
+    if cfg.root is None:
+        return _demo_items(cfg, seed)
+    root = Path(cfg.root).expanduser()
+    if (root / "images").is_dir() and not (root / "train").is_dir():
+        return pair_folder(root)  # not split: a single image is a data set here too
+    train_items, val_items = find_items(root, cfg, seed)  # train/val layout, or its error
+    return sorted(train_items + val_items, key=lambda it: it.name)
 
 
 def _normalisation(cfg: DataConfig, train_items: Sequence[Item], channels: int
