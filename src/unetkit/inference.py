@@ -214,8 +214,7 @@ def predict_bands(
     """
     net = unwrap(model)
     image, on_cpu = _check_image(net, image)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    InferenceConfig(batch_size=batch_size)  # its declared range (SettingError)
     valid = is_valid_unet(net)
     if overlap is None:
         # A quarter (MONAI's default) rather than nnU-Net's half: half overlap computes

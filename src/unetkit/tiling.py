@@ -193,9 +193,7 @@ def plan_tiles(net: nn.Module, height: int, width: int, tile: int, overlap: floa
                blend: str, sigma_scale: float) -> TilePlan:
     """The overlap-tile plan for a valid-padding UNet, else the sliding-window plan with
     tiles rounded to ``net.size_multiple`` and its blending weights."""
-    if tile < 1:
-        raise ValueError(f"tile must be >= 1 pixel, got {tile}")
-    check_blend(blend, overlap, sigma_scale)
+    InferenceConfig(tile=tile, blend=blend, overlap=overlap, sigma_scale=sigma_scale)
     if is_valid_unet(net):
         return TilePlan(_plan_valid(height, tile, net), _plan_valid(width, tile, net))
     multiple = getattr(net, "size_multiple", 1)  # input sides the model handles unpadded

@@ -37,20 +37,17 @@ __all__ = ["build_datasets", "dataset_items", "SegmentationDataset", "make_loade
 
 
 def _check_config(cfg: DataConfig) -> None:
-    # num_classes >= 2 is DataConfig's own range (config.py).
+    # Single-setting ranges (num_classes, patch_size, demo ...) are DataConfig's own;
+    # this checks what depends on two settings.
     classes = max(cfg.num_classes, target_classes(cfg))  # the instance target has 3
     if cfg.ignore_index is not None and 0 <= cfg.ignore_index < classes:
         raise ValueError(f"ignore_index={cfg.ignore_index} is a real class (0.."
                          f"{classes - 1}); use a value outside, e.g. 255")
-    if cfg.patch_size < 1:
-        raise ValueError(f"patch_size={cfg.patch_size}; expected a positive number of pixels")
 
 
 def _demo_items(cfg: DataConfig, seed: int) -> list[Item]:
     from unetkit.data import synthetic
 
-    if cfg.demo not in ("binary", "multiclass"):
-        raise ValueError(f"demo={cfg.demo!r}; expected 'binary' or 'multiclass'")
     classes = 4 if cfg.demo == "multiclass" else 2
     if cfg.num_classes != classes:
         raise ValueError(f"the {cfg.demo} demo data has {classes} classes (background "
