@@ -33,6 +33,7 @@ from .models import build_model  # re-exported: callers import it from here
 from .models.fuse import fold_batchnorm as fold_conv_batchnorm
 
 WEIGHTS, CONFIG, METRICS, STATE = "model.safetensors", "config.json", "metrics.json", "state.pt"
+PLAN = "plan.json"  # the self-configured plan the run trained with, when it had one
 
 
 class CheckpointError(ValueError):
@@ -51,8 +52,10 @@ def save_checkpoint(
     config: Config,
     metrics: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder`` atomically (temporary sibling, then rename).
+    """Write ``folder`` atomically (temporary sibling, then rename); ``plan`` is written
+    as plan.json beside the weights.
 
     Refuses (CheckpointError) weights with a NaN or inf, so a saved checkpoint is always
     usable. A failed write (disk full...) raises WriteError and leaves the previous
@@ -75,6 +78,8 @@ def save_checkpoint(
         (tmp / METRICS).write_text(json.dumps(_jsonable(metrics or {}), indent=2) + "\n")
         if state is not None:
             torch.save(state, tmp / STATE)
+        if plan is not None:
+            (tmp / PLAN).write_text(json.dumps(_jsonable(plan), indent=2) + "\n")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

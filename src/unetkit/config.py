@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,10 +64,40 @@ class Accepts:
         return " and ".join(parts)
 
 
-def setting(default: Any, **accepts: Any) -> Any:
+def setting(default: Any, parse: Any = None, **accepts: Any) -> Any:
     """A dataclass field with its accepted values: ``ge``/``gt``/``le``/``lt`` bounds or
-    ``choices``. None always passes for an optional setting; tuples are checked per item."""
-    return field(default=default, metadata={"accepts": Accepts(**accepts)})
+    ``choices``. None always passes for an optional setting; tuples are checked per item.
+    ``parse`` turns a text value (a flag, a YAML string) into the field's type."""
+    metadata = {"accepts": Accepts(**accepts)}
+    if parse is not None:
+        metadata["parse"] = parse
+    return field(default=default, metadata=metadata)
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in a duration such as ``90s``, ``10m``, ``1h``, ``1h30m`` or ``2.5m`` (a bare
+    number is seconds). Raises ValueError for anything else."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    cleaned = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d*)?)([smh]?)", cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned or (
+            len(parts) > 1 and not all(u for _, u in parts)):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 1h")
+    return sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``1m 15s``; ``3600`` -> ``1h 0m``; ``42.5`` -> ``42s``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
 
 
 def choices_of(cls: type, name: str) -> tuple:
@@ -174,6 +205,17 @@ class DataConfig(_Checked):
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 
 
+DEMO_CLASSES = {"binary": 2, "multiclass": 4}  # classes of the built-in data, background included
+
+
+def with_demo_classes(data: DataConfig) -> DataConfig:
+    """``data`` with the built-in multi-class data's 4 classes when it has no root and
+    num_classes was left at its default."""
+    if data.root is None and data.num_classes == 2 and DEMO_CLASSES[data.demo] != 2:
+        return dataclasses.replace(data, num_classes=DEMO_CLASSES[data.demo])
+    return data
+
+
 def target_classes(data: DataConfig) -> int:
     """The number of classes the model learns: the mask's, or 3 for the instance task
     (its masks are read as binary foreground; the objects come from instance labels)."""
@@ -258,6 +300,8 @@ class OptimConfig(_Checked):
 class TrainConfig(_Checked):
     SECTION: typing.ClassVar[str] = "train"
     epochs: int = setting(30, ge=1)  # total epochs (with --resume: the new total)
+    # seconds, e.g. 90s, 10m, 1h: train until then, the schedule ending with it (not epochs)
+    time: float | None = setting(None, parse=parse_duration, gt=0)
     batch_size: int = setting(4, ge=1)  # training crops per step (per process under torchrun)
     steps_per_epoch: int | None = setting(None, ge=1)  # None: one pass over the training set
     seed: int = setting(0, ge=0)  # the same seed on the same machine: the same metrics
@@ -333,8 +377,14 @@ def _from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
+    parsers = {f.name: f.metadata.get("parse") for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in raw.items():
+        if parsers[name] is not None and isinstance(value, str) and value.lower() != "none":
+            try:
+                value = parsers[name](value)
+            except ValueError as err:
+                raise ValueError(f"{where}.{name}: {err}") from err
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
     return cls(**kwargs)
 

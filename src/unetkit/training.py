@@ -14,6 +14,8 @@ validation pass already live in their own modules.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm.auto import tqdm
 
+from .budget import Budget
 from .checkpoint import (
+    PLAN,
     WEIGHTS,
     CheckpointError,
     build_model,
@@ -44,8 +48,10 @@ from .config import (
     Config,
     ModelConfig,
     class_names_of,
+    format_duration,
     setting_error,
     target_classes,
+    with_demo_classes,
 )
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
@@ -110,8 +116,11 @@ class Run:
     augmenter: Augmenter
     guard: DivergenceGuard
     log: MetricsLog | None
+    budget: Budget | None = None  # with train.time: the clock the run stops by
+    plan: dict | None = None  # the self-configured plan (plan.json), if any
     start_epoch: int = 1
     best_dice: float = -math.inf
+    started: float = field(default_factory=time.monotonic)
     previews: list = field(default_factory=list)
 
     @property
@@ -129,8 +138,7 @@ def prepare_config(config: Config) -> Config:
     Raises SettingError for a patch smaller than the model can take."""
     data, model = config.data, config.model
     check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
-    if data.root is None and data.demo == "multiclass" and data.num_classes == 2:
-        data = dataclasses.replace(data, num_classes=4)
+    data = with_demo_classes(data)
     model = dataclasses.replace(model, out_channels=logit_channels(target_classes(data)))
     smallest, why = _smallest_patch(model)
     if data.patch_size < smallest:
@@ -157,31 +165,41 @@ def _smallest_patch(model: ModelConfig) -> tuple[int, str]:
     return 2**model.depth, f"{model.depth} poolings need a side of at least 2^{model.depth}"
 
 
-def train(config: Config, progress: bool = True,
-          hooks: Sequence[EpochHook] = ()) -> TrainResult:
+def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = (),
+          plan: dict | None = None) -> TrainResult:
     """Train the model described by ``config`` and write its run folder:
 
         OUT/checkpoints/best, OUT/checkpoints/last   (see unetkit.checkpoint)
         OUT/metrics.csv, OUT/curves.png, OUT/predictions.png, OUT/config.json
 
+    With ``config.train.time`` (seconds) the run trains until its time is up instead of
+    for ``epochs``, the learning-rate schedule following the clock, and ends with the
+    last validation and checkpoint inside the budget. ``plan`` (from
+    :func:`unetkit.plan.make_plan`, as a dict) is saved as plan.json in the run folder and
+    every checkpoint; its ``planning_seconds`` count against the budget.
     ``hooks`` are called after every epoch on the main process (see :data:`EpochHook`).
     Raises SettingError before anything is read or written when a setting is out of
     range, DivergenceError when training diverges, WriteError when a file cannot be
     written (the previous checkpoint stays intact in every case).
     """
     config, state = resume_or_start(config, progress)
-    run = build_run(config, state)
+    run = build_run(config, state, plan)
     show = progress and run.rt.is_main
     if show:
         announce(run, requested=config)
-    for epoch in range(run.start_epoch, run.config.train.epochs + 1):
+    epoch = run.start_epoch - 1
+    for epoch in epochs_to_train(run):
         train_loss, seen, seconds = train_one_epoch(run, epoch, show)
-        want_previews = run.rt.is_main and (epoch % run.config.train.plot_every == 0
-                                            or epoch == run.config.train.epochs)
+        last = time_is_up(run) if run.budget else epoch == run.config.train.epochs
+        started = time.perf_counter()
+        # A timed run also draws at its first epoch: the end's cost is then measured early.
+        want_previews = run.rt.is_main and (epoch % run.config.train.plot_every == 0 or last
+                                            or (run.budget is not None and epoch == 1))
         val_loss, scores, run.previews = validate(
             unwrap(run.model), run.val_loader, run.criterion, target_classes(run.config.data),
             run.config.data.ignore_index, run.rt,
             run.config.train.num_preview if want_previews else 0)
+        validated = time.perf_counter()
         row = epoch_row(run, epoch, train_loss, val_loss, scores, seen, seconds)
         improved = update_best(run, row["val_dice"])
         check_weights(run, epoch)
@@ -192,13 +210,44 @@ def train(config: Config, progress: bool = True,
                 report_epoch(run, row, improved)
             for hook in hooks:
                 hook(run, row)
+        account(run, seconds, validated - started, time.perf_counter() - validated)
+        if last:
+            break
     if show:
         report_end(run)
     if run.rt.distributed:
         dist.barrier()
     history = run.log.rows if run.log is not None else []
-    return TrainResult(run.out, run.best_dir, run.last_dir, run.best_dice,
-                       run.config.train.epochs, history)
+    return TrainResult(run.out, run.best_dir, run.last_dir, run.best_dice, epoch, history)
+
+
+def epochs_to_train(run: Run):
+    """The epoch numbers to run: up to train.epochs, or with a time budget as many as the
+    time allows (the loop ends at the epoch whose training hit the deadline)."""
+    if run.budget is None:
+        return range(run.start_epoch, run.config.train.epochs + 1)
+    # The first epoch always runs (a run has a checkpoint); later ones while time is left.
+    return itertools.takewhile(lambda epoch: epoch == 1 or not time_is_up(run),
+                               itertools.count(run.start_epoch))
+
+
+def time_is_up(run: Run) -> bool:
+    """The budget's verdict, the same on every rank (rank 0's clock decides)."""
+    over = run.budget.training_over()
+    if run.rt.distributed:
+        flag = torch.tensor([float(over)], device=run.rt.device)
+        dist.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
+
+
+def account(run: Run, training: float, validation: float, saving: float) -> None:
+    """Book an epoch's parts against the budget and learn the cost of the run's end."""
+    if run.budget is not None:
+        run.budget.add("training", training)
+        run.budget.add("validation", validation)
+        run.budget.add("saving", saving)
+        run.budget.record_end(validation + saving)
 
 
 def resume_or_start(config: Config, progress: bool) -> tuple[Config, dict | None]:
@@ -224,19 +273,29 @@ def resume_or_start(config: Config, progress: bool) -> tuple[Config, dict | None
     saved = load_config(last_dir)
     keep = {k: getattr(config.train, k) for k in
             ("epochs", "device", "out", "plot_every", "compile")}
+    # A budgeted run keeps its budget (the total; the rest is what this run gets) unless
+    # a new total is given.
+    keep["time"] = config.train.time if config.train.time is not None else saved.train.time
     state = load_training_state(last_dir)
-    if progress and config.train.epochs <= state["epoch"]:
+    used = float(state.get("budget_used", 0.0))
+    if progress and keep["time"] is not None and used >= keep["time"]:
+        tqdm.write(f"note: {last_dir} already used its {format_duration(keep['time'])}; "
+                   "pass a larger --time to train on")
+    elif progress and keep["time"] is None and config.train.epochs <= state["epoch"]:
         tqdm.write(f"note: {last_dir} already finished epoch {config.train.epochs}; "
                    "pass a larger --epochs to train on")
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
                                                                  resume=True)), state
 
 
-def build_run(requested: Config, state: dict | None) -> Run:
+def build_run(requested: Config, state: dict | None, plan: dict | None = None) -> Run:
     """Runtime, datasets, model, loaders, loss, optimizer, schedule and log of a run, the
     model and optimizer restored from ``state`` when resuming."""
     config = prepare_config(requested)
     tc = config.train
+    budget = start_budget(tc.time, state, plan)
+    if state is not None and plan is None:
+        plan = read_plan(Path(tc.out) / "checkpoints" / "last")
     rt = make_runtime(tc.device, tc.precision, tc.channels_last)
     torch.manual_seed(tc.seed)
     train_ds, val_ds, config = build_data(config)
@@ -244,7 +303,8 @@ def build_run(requested: Config, state: dict | None) -> Run:
     model, step_model = place_model(config, rt, out / "checkpoints" / "last" if state else None)
     loader, val_loader, sampler = make_loaders(train_ds, val_ds, config, rt)
     optimizer = make_optimizer(model.parameters(), config.optim)
-    scheduler, per_step = make_scheduler(optimizer, config.optim, tc.epochs, len(loader))
+    scheduler, per_step = make_scheduler(optimizer, config.optim, tc.epochs, len(loader),
+                                         budget.fraction if budget else None)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     start_epoch, best_dice = 1, -math.inf
     if state is not None:
@@ -257,13 +317,41 @@ def build_run(requested: Config, state: dict | None) -> Run:
         with writing("the run's config", out / "config.json"):
             out.mkdir(parents=True, exist_ok=True)
             config.save(out / "config.json")
+            if plan is not None:
+                (out / PLAN).write_text(json.dumps(plan, indent=2) + "\n")
         log = MetricsLog(out / "metrics.csv", resume_from_epoch=start_epoch - 1)
     guard = DivergenceGuard(tc.max_bad_steps, tc.max_loss_factor, config.optim.lr,
                             scaled_fp16=scaler.is_enabled())
     criterion = build_loss(config.loss, target_classes(config.data), config.data.ignore_index)
+    if budget is not None:
+        budget.add("start-up", budget.elapsed() - sum(budget.parts.values()))
     return Run(config, rt, out, model, step_model, train_ds, val_ds, loader, val_loader,
                sampler, criterion, optimizer, scheduler, per_step, scaler,
-               Augmenter(config.augment, seed=tc.seed), guard, log, start_epoch, best_dice)
+               Augmenter(config.augment, seed=tc.seed), guard, log, budget, plan,
+               start_epoch, best_dice)
+
+
+def start_budget(seconds: float | None, state: dict | None, plan: dict | None
+                 ) -> Budget | None:
+    """The run's clock: started now, less what planning (or the resumed run) used."""
+    if seconds is None:
+        return None
+    if state:  # resumed: what the run had used, and the end cost it had measured
+        return Budget(seconds, used=float(state.get("budget_used", 0.0)),
+                      end_cost=state.get("budget_end_cost"), measured=True,
+                      used_by="before resuming")
+    if plan is not None:
+        return Budget(seconds, used=float(plan.get("planning_seconds", 0.0)),
+                      end_cost=plan.get("end_seconds"))
+    return Budget(seconds)
+
+
+def read_plan(folder: Path) -> dict | None:
+    """The plan.json a checkpoint was trained with, or None."""
+    try:
+        return json.loads((folder / PLAN).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def build_data(config: Config):
@@ -349,11 +437,17 @@ def train_one_epoch(run: Run, epoch: int, show: bool) -> tuple[float, int, float
     loss_sum = torch.zeros((), device=run.rt.device)
     applied, seen, start = 0, 0, time.perf_counter()
     steps = len(run.loader)
+    of = "" if run.budget else f"/{run.config.train.epochs}"
     # disable=None: no bar when the output is not a terminal (logs stay readable).
-    bar = tqdm(run.loader, desc=f"epoch {epoch}/{run.config.train.epochs}",
+    bar = tqdm(run.loader, desc=f"epoch {epoch}{of}",
                disable=None if show else True, leave=False, unit="batch", dynamic_ncols=True)
     for i, batch in enumerate(bar):
+        if run.budget is not None and i > 0 and time_is_up(run):
+            break  # the rest of the time belongs to the last validation and save
+        step_start = time.perf_counter()
         loss = training_step(run, batch, epoch, i + 1)
+        if run.budget is not None:
+            run.budget.record_step(time.perf_counter() - step_start)
         if loss is not None:
             loss_sum += loss
             applied += 1
@@ -436,6 +530,8 @@ def epoch_row(run: Run, epoch: int, train_loss: float, val_loss: float, scores: 
             "val_pixel_accuracy": scores["pixel_accuracy"],
             **{f"val_dice_{name}": d for name, d in zip(names, scores["dice"])},
             "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
+            # wall seconds since the run started (with a budget: the budget's clock)
+            "elapsed_s": run.budget.elapsed() if run.budget else time.monotonic() - run.started,
             "images_per_s": seen * run.rt.world_size / max(seconds, 1e-9),
             "skipped_steps": run.guard.skipped}
 
@@ -459,11 +555,14 @@ def save_epoch(run: Run, epoch: int, row: dict[str, float], metrics: dict, impro
     resume_state = {"epoch": epoch, "best_dice": run.best_dice,
                     "optimizer": run.optimizer.state_dict(),
                     "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()}
+    if run.budget is not None:  # a resumed run gets what is left of the budget
+        resume_state["budget_used"] = run.budget.elapsed()
+        resume_state["budget_end_cost"] = run.budget.end_cost
     # best before last: if writing best fails, last still holds the previous epoch, whose
     # best_dice does not claim a best checkpoint that was never written.
     if improved:  # also resumable: fine-tune from the best epoch with --resume
-        save_checkpoint(run.best_dir, run.model, run.config, metrics, resume_state)
-    save_checkpoint(run.last_dir, run.model, run.config, metrics, resume_state)
+        save_checkpoint(run.best_dir, run.model, run.config, metrics, resume_state, run.plan)
+    save_checkpoint(run.last_dir, run.model, run.config, metrics, resume_state, run.plan)
     if figures:
         plot_curves(run.log.rows, run.out / "curves.png")
         plot_predictions(run.previews, run.out / "predictions.png",
@@ -476,6 +575,11 @@ def announce(run: Run, requested: Config) -> None:
     tqdm.write(f"unetkit: {config.model.arch} on {run.rt.device} ({_precision_name(run.rt)}), "
                f"{len(run.train_ds)} training / {len(run.val_ds)} validation images, "
                f"{len(run.loader)} steps per epoch, writing to {run.out}")
+    if run.budget is not None:
+        tqdm.write(f"time budget {format_duration(run.budget.seconds)}: training until "
+                   f"{format_duration(run.budget.training_deadline())} (the rest is for the "
+                   f"last validation and save), {format_duration(run.budget.remaining())} "
+                   "left now")
     if config.data.patch_size != requested.data.patch_size:
         side = valid_output_size(config.data.patch_size, config.model.depth)
         tqdm.write(f"note: patch size {requested.data.patch_size} is not a valid input "
@@ -485,7 +589,9 @@ def announce(run: Run, requested: Config) -> None:
 
 def report_epoch(run: Run, row: dict[str, float], improved: bool) -> None:
     skipped = f"  {row['skipped_steps']} step(s) skipped" if row["skipped_steps"] else ""
-    tqdm.write(f"epoch {row['epoch']:3d}/{run.config.train.epochs}  loss "
+    of = f"  {format_duration(row['elapsed_s'])}" if run.budget else (
+        f"/{run.config.train.epochs}")
+    tqdm.write(f"epoch {row['epoch']:3d}{of}  loss "
                f"{row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val Dice "
                f"{row['val_dice']:.4f}  IoU {row['val_iou']:.4f}  "
                f"{row['images_per_s']:.1f} img/s" + skipped + ("  *best*" if improved else ""))
@@ -497,6 +603,8 @@ def report_end(run: Run) -> None:
                f"  checkpoint  {run.best_dir}\n  last        {run.last_dir}\n"
                f"  metrics     {run.out / 'metrics.csv'}\n  curves      "
                f"{run.out / 'curves.png'}\n  predictions {run.out / 'predictions.png'}")
+    if run.budget is not None:
+        tqdm.write(f"  time        {run.budget.summary()}")
 
 
 def _precision_name(rt: Runtime) -> str:

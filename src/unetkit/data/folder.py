@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, target_classes
+from unetkit.config import DEMO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DataConfig, target_classes
 from unetkit.data.dataset import SegmentationDataset
 from unetkit.data.io import (
     DataError,
@@ -48,7 +48,7 @@ def _check_config(cfg: DataConfig) -> None:
 def _demo_items(cfg: DataConfig, seed: int) -> list[Item]:
     from unetkit.data import synthetic
 
-    classes = 4 if cfg.demo == "multiclass" else 2
+    classes = DEMO_CLASSES[cfg.demo]
     if cfg.num_classes != classes:
         raise ValueError(f"the {cfg.demo} demo data has {classes} classes (background "
                          f"included) but num_classes={cfg.num_classes}; set num_classes={classes}")
