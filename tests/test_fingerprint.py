@@ -104,11 +104,16 @@ def test_demo_folder_has_no_unexpected_warnings(tmp_path):
     assert fp["warnings"] == []
 
 
-def test_cli_writes_json(squares_root, capsys):
-    assert main(["plan", "--data", str(squares_root)]) == 0
+def test_cli_writes_json_and_prints_the_plan(squares_root, capsys):
+    assert main(["plan", "--data", str(squares_root), "--time", "0"]) == 0
     fp = json.loads((squares_root / "fingerprint.json").read_text())
     assert fp["objects"]["count"] == 3
-    assert "objects" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "objects" in printed and "plan:" not in printed
+    # with a time, also the plan train would use: one 40 px image -> a 32 px patch
+    assert main(["plan", "--data", str(squares_root), "--time", "90s"]) == 0
+    printed = capsys.readouterr().out
+    assert "plan: 1m 30s on cpu" in printed and "--patch-size           32" in printed
 
 
 def test_cli_missing_folder_is_one_line(tmp_path, capsys):

@@ -112,7 +112,7 @@ def test_machine_problems_are_one_line(tmp_path, capsys, monkeypatch):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(training, "build_run", out_of_memory)
-    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--no-plan", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "out of memory" in err and "smaller --batch-size" in err and "Traceback" not in err
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .config import (
     TrainConfig,
     choices_of,
     flag_name,
+    parse_duration,
 )
 from .errors import UserError
 from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
@@ -59,6 +61,19 @@ def _optional(parse):
     return inner
 
 
+def _argument_type(parse, optional: bool):
+    """``parse`` as an argparse type: its ValueError becomes argparse's one-line error."""
+    def inner(text: str):
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    return inner
+
+
 def _field_comments(cls: type) -> dict[str, str]:
     """The ``# comment`` beside each field in config.py: the flags' help texts, so the
     documentation lives in one place."""
@@ -85,7 +100,11 @@ def _add_field(group, section: str, f: dataclasses.Field, hint, default, note: s
     if typing.get_origin(hint) in (tuple, dict):
         inner = [hint]
     base = inner[0] if len(inner) == 1 else None
-    if base is bool:
+    parse = f.metadata.get("parse")
+    if parse is not None:  # a text form of its own, e.g. a duration ("10m")
+        group.add_argument(flag, dest=dest, type=_argument_type(parse, optional),
+                           default=None, metavar=f.name.upper(), help=helptext)
+    elif base is bool:
         group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                            default=None, help=helptext)
     elif set(inner) == {bool, str}:
@@ -121,8 +140,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                        getattr(getattr(defaults, section), f.name), notes.get(f.name, ""))
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults, then the --config file, then the flags given on the command line."""
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings the user gave: the --config file's, then the flags on top."""
     raw: dict = {}
     if getattr(args, "config", None):
         raw = read_config_file(args.config)
@@ -130,7 +149,29 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if "." in key and value is not None:
             section, name = key.split(".", 1)
             raw.setdefault(section, {})[name] = value
-    return Config.from_dict(raw)
+    return raw
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the --config file, then the flags given on the command line."""
+    return Config.from_dict(given_settings(args))
+
+
+def explicit_settings(args: argparse.Namespace) -> frozenset[str]:
+    """"section.name" of every setting the user gave (a plan keeps these as given)."""
+    return frozenset(f"{section}.{name}" for section, values in given_settings(args).items()
+                     if isinstance(values, dict) for name in values)
+
+
+def wants_plan(args: argparse.Namespace, explicit: frozenset[str]) -> bool:
+    """--plan / --no-plan; by default a run is planned unless it resumes, or a config
+    file or --epochs fixed its length without --time."""
+    if getattr(args, "train.resume", None):
+        return False  # the saved run's settings continue
+    if args.plan is not None:
+        return args.plan
+    fixed_length = bool(args.config) or "train.epochs" in explicit
+    return "train.time" in explicit or not fixed_length
 
 
 def read_config_file(path: str) -> dict:
@@ -154,11 +195,22 @@ def read_config_file(path: str) -> dict:
 
 # -- commands -------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    started = time.monotonic()  # a budget counts from here: planning is part of it
+    from .training import prepare_config, train
 
     config = config_from_args(args)
+    prepare_config(config)  # a bad setting is refused before any planning or reading
+    explicit = explicit_settings(args)
+    plan = None
+    if wants_plan(args, explicit):
+        from .plan import format_plan, make_plan
+
+        config, made = make_plan(config, explicit, config.train.time, started)
+        if not args.quiet:
+            print(format_plan(made), flush=True)
+        plan = made.to_dict()
     try:
-        train(config, progress=not args.quiet)
+        train(config, progress=not args.quiet, plan=plan)
     except KeyboardInterrupt:
         last = Path(config.train.out) / "checkpoints" / "last"
         print(f"\ninterrupted: the last finished epoch is saved in {last}; continue with "
@@ -266,12 +318,15 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Measure the data once: print the fingerprint table and write it as JSON."""
+    """Measure the data once: print the fingerprint table and write it as JSON; then the
+    plan `unetkit train --time` would train with on this machine."""
+    from .config import with_demo_classes
     from .errors import writing
     from .fingerprint import default_out, fingerprint, format_fingerprint
+    from .plan import DEFAULT_TIME, format_plan, make_plan
 
-    data = DataConfig(root=args.data, num_classes=args.num_classes,
-                      mask_encoding=args.mask_encoding)
+    data = with_demo_classes(DataConfig(root=args.data, num_classes=args.num_classes,
+                                        mask_encoding=args.mask_encoding))
     fp = fingerprint(data, seed=args.seed)
     print(format_fingerprint(fp))
     out = Path(args.out) if args.out else default_out(data)
@@ -279,6 +334,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(fp, indent=2) + "\n")
     print(f"wrote {out}")
+    if args.time != 0:
+        explicit = frozenset({"data.num_classes", "data.mask_encoding"})
+        _, plan = make_plan(Config(data=data), explicit, args.time or DEFAULT_TIME, fp=fp)
+        print(format_plan(plan))
     return 0
 
 
@@ -316,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{', '.join(SECTIONS)}), then the flags.")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON config file")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--plan", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose the settings from the data, the machine and the time "
+                   "(unetkit.plan; printed and saved as plan.json). Default: on, unless "
+                   "--config or --epochs fixes the run without --time, or --resume")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -382,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-encoding", default="auto",
                    choices=choices_of(DataConfig, "mask_encoding"), help="default auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the intensity sample")
+    p.add_argument("--time", type=_argument_type(parse_duration, False), metavar="TIME",
+                   help="also print the plan `unetkit train --time TIME` would use here "
+                   "(default 10m; 0 for the fingerprint only)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("info", parents=[common],

@@ -24,6 +24,7 @@ SAMPLE_PIXELS = 1_000_000  # intensity sample: at most this many pixels per chan
 TINY_DIAMETER = 8.0  # px: a median object narrower than this is hard to segment or split
 RARE_CLASS = 0.01  # a foreground class below this pixel fraction is extreme imbalance
 FEW_IMAGES = 10  # fewer images than this hardly make a training and a validation set
+LAYOUT_GRID = 32  # masks are compared for layout on this many points per side
 _PIL_DTYPES = {"1": "bool", "L": "uint8", "P": "uint8", "LA": "uint8", "RGB": "uint8",
                "RGBA": "uint8", "CMYK": "uint8", "I;16": "uint16", "I;16B": "uint16",
                "I": "int32", "F": "float32"}
@@ -100,6 +101,46 @@ def objects_of(mask: np.ndarray, instances: np.ndarray | None,
     return np.concatenate(areas) if areas else np.zeros(0, np.int64), touching
 
 
+def layout_thumbnail(mask: np.ndarray) -> np.ndarray:
+    """(LAYOUT_GRID, LAYOUT_GRID) nearest-neighbour sample of an (H, W) mask."""
+    h, w = mask.shape
+    rows = (np.arange(LAYOUT_GRID) + 0.5) * h / LAYOUT_GRID
+    cols = (np.arange(LAYOUT_GRID) + 0.5) * w / LAYOUT_GRID
+    return mask[rows.astype(int)][:, cols.astype(int)]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def layout(thumbnails: Sequence[np.ndarray], num_classes: int) -> dict:
+    """Whether the classes sit at the same place in every image, as in registered scans.
+
+    ``aligned``: mean Dice of each image's class masks with the consensus (pixels where
+    most images have that class), averaged over foreground classes weighted by their
+    pixels: near 1 for registered scans, near 0 for objects scattered anywhere.
+    ``mirror_lr`` / ``mirror_ud``: the lowest Dice, over classes, of the consensus with
+    its left-right / up-down mirror image (1: a flip shows nothing the data does not).
+    """
+    stack = np.stack(thumbnails)
+    scores, weights, lr, ud = [], [], [], []
+    for c in range(1, num_classes):
+        member = stack == c
+        if not member.any():
+            continue
+        consensus = member.mean(axis=0) > 0.5
+        scores.append(np.mean([_dice(m, consensus) for m in member]))
+        weights.append(member.sum())
+        lr.append(_dice(consensus, consensus[:, ::-1]))
+        ud.append(_dice(consensus, consensus[::-1]))
+    if not scores:
+        return {"aligned": 0.0, "mirror_lr": 1.0, "mirror_ud": 1.0}
+    # A flip is only harmless if it moves no class: the worst class decides.
+    return {"aligned": float(np.average(scores, weights=weights)),
+            "mirror_lr": float(min(lr)), "mirror_ud": float(min(ud))}
+
+
 def _size_stats(heights: list[int], widths: list[int]) -> dict:
     def stats(values: list[int]) -> dict:
         return {"min": int(np.min(values)), "median": float(np.median(values)),
@@ -125,6 +166,7 @@ def _objects(areas: np.ndarray, touching: int, source: str) -> dict:
             "area_px": {"min": int(areas.min()), "median": float(np.median(areas)),
                         "p95": float(np.percentile(areas, 95)), "max": int(areas.max())},
             "diameter_px_median": float(np.median(2 * np.sqrt(areas / np.pi))),
+            "diameter_px_p95": float(np.percentile(2 * np.sqrt(areas / np.pi), 95)),
             "touching": touching / count}
 
 
@@ -133,7 +175,7 @@ def _read_all(items: Sequence[Item], data: DataConfig, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     per_image = max(1, SAMPLE_PIXELS // len(items))
     acc = {"heights": [], "widths": [], "channels": [], "samples": [], "areas": [],
-           "touching": 0, "instances": 0, "lows": None, "highs": None,
+           "touching": 0, "instances": 0, "lows": None, "highs": None, "thumbnails": [],
            "class_pixels": np.zeros(data.num_classes, np.int64)}
     for item in items:
         image, mask, inst = item.load_image(), item.load_mask(data), item.load_instances()
@@ -154,6 +196,7 @@ def _read_all(items: Sequence[Item], data: DataConfig, seed: int) -> dict:
             acc["lows"], acc["highs"] = lows, highs
         valid = mask[(mask >= 0) & (mask < data.num_classes)]
         acc["class_pixels"] += np.bincount(valid, minlength=data.num_classes)
+        acc["thumbnails"].append(layout_thumbnail(mask))
         areas, touching = objects_of(mask, inst, data.num_classes)
         acc["areas"].append(areas)
         acc["touching"] += touching
@@ -186,6 +229,7 @@ def fingerprint(data: DataConfig, seed: int = 0) -> dict:
                     "mask_encoding": mask_encoding(items[0], data),
                     "pixel_fraction": [float(f) for f in fractions]},
         "objects": _objects(np.concatenate(acc["areas"]), acc["touching"], source),
+        "layout": layout(acc["thumbnails"], data.num_classes),
     }
     fp["warnings"] = warnings_for(fp, DataConfig().patch_size)
     return fp
@@ -249,6 +293,9 @@ def format_fingerprint(fp: dict) -> str:
                      f"max {a['max']}   diameter median {ob['diameter_px_median']:.1f} px")
         lines.append(f"touching     {100 * ob['touching']:.1f}% of objects touch another "
                      "of their class")
+    lay = fp["layout"]
+    lines.append(f"layout       aligned {lay['aligned']:.2f} (1: the same place in every image)"
+                 f"  mirror left-right {lay['mirror_lr']:.2f}  up-down {lay['mirror_ud']:.2f}")
     lines += [f"warning      {w}" for w in fp["warnings"]] or ["warnings     none"]
     return "\n".join(lines)
 
