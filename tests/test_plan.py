@@ -17,6 +17,7 @@ from unetkit.config import AugmentConfig, Config, DataConfig, ModelConfig, Train
 from unetkit.fingerprint import layout, layout_thumbnail
 from unetkit.models.registry import build_model
 from unetkit.plan import (
+    Plan,
     augmentation_rule,
     batch_rule,
     cadence_rule,
@@ -190,8 +191,9 @@ def test_plan_for_a_small_data_set_on_a_fast_machine():
     assert [c[0] for c in calls] == [16, 32] and config.model.features == 32
     assert config.optim.lr == planning.LEARNING_RATE and config.data.weight_map
     assert config.data.num_workers == 0  # 2 cores
-    json.dumps(plan.to_dict())
     table = format_plan(plan)
+    # plan.json holds everything the table shows
+    assert format_plan(Plan.from_dict(json.loads(json.dumps(plan.to_dict())))) == table
     assert "--patch-size" in table and "--features" in table and "overridden" not in table
 
 

@@ -79,6 +79,15 @@ class Plan:
     planning_seconds: float = 0.0
     end_seconds: float | None = None  # estimated last validation + save
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> Plan:
+        """A plan read back from plan.json (e.g. to print it with :func:`format_plan`)."""
+        return cls(raw["seconds"], Machine(**raw["machine"]), raw["fingerprint"],
+                   [Decision(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in d.items()}) for d in raw["decisions"]],
+                   raw["calibration"],
+                   raw["notes"], raw["planning_seconds"], raw["end_seconds"])
+
     def to_dict(self) -> dict:
         return {"seconds": self.seconds, "planning_seconds": self.planning_seconds,
                 "end_seconds": self.end_seconds, "machine": self.machine.to_dict(),
