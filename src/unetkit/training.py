@@ -7,8 +7,9 @@ its steps: resume or start, build the run (runtime, data, model, optimizer), the
 epoch: train, validate, save, report, and the per-epoch hooks (where loggers plug in).
 
 Longer than our usual 400 lines on purpose: every step works on the one :class:`Run`, and
-reading the loop means reading its steps; the optimizers, the divergence guard and the
-validation pass already live in their own modules.
+reading the loop means reading its steps; the optimizers, the divergence guard, the
+validation pass, the time budget and the printed lines (``console``) live in their own
+modules.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .config import (
     target_classes,
     with_demo_classes,
 )
+from .console import announce, report_end, report_epoch
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
 from .divergence import DivergenceGuard, nonfinite_tensors
@@ -74,7 +76,7 @@ from .models.unet import (
 from .optim import make_optimizer, make_scheduler
 from .outputs import logit_channels
 from .report import MetricsLog, plot_curves, plot_predictions
-from .runtime import Runtime, make_runtime, precision_name
+from .runtime import Runtime, make_runtime
 from .validation import forward_whole, move_batch, reduce_mean, validate
 
 # A hook is called after every epoch, on the main process, with the run and the epoch's
@@ -567,48 +569,3 @@ def save_epoch(run: Run, epoch: int, row: dict[str, float], metrics: dict, impro
         plot_curves(run.log.rows, run.out / "curves.png")
         plot_predictions(run.previews, run.out / "predictions.png",
                          title=f"epoch {epoch}: validation Dice {row['val_dice']:.3f}")
-
-
-def announce(run: Run, requested: Config) -> None:
-    """The run's first lines: what trains where, and any setting that was adjusted."""
-    config = run.config
-    tqdm.write(f"unetkit: {config.model.arch} on {run.rt.device} ({_precision_name(run.rt)}), "
-               f"{len(run.train_ds)} training / {len(run.val_ds)} validation images, "
-               f"{len(run.loader)} steps per epoch, writing to {run.out}")
-    if run.budget is not None:
-        tqdm.write(f"time budget {format_duration(run.budget.seconds)}: training until "
-                   f"{format_duration(run.budget.training_deadline())} (the rest is for the "
-                   f"last validation and save), {format_duration(run.budget.remaining())} "
-                   "left now")
-    if config.data.patch_size != requested.data.patch_size:
-        side = valid_output_size(config.data.patch_size, config.model.depth)
-        tqdm.write(f"note: patch size {requested.data.patch_size} is not a valid input "
-                   f"for this valid-padding U-Net; using {config.data.patch_size} (output "
-                   f"{side}x{side}, margin {config.data.context} px)")
-
-
-def report_epoch(run: Run, row: dict[str, float], improved: bool) -> None:
-    skipped = f"  {row['skipped_steps']} step(s) skipped" if row["skipped_steps"] else ""
-    of = f"  {format_duration(row['elapsed_s'])}" if run.budget else (
-        f"/{run.config.train.epochs}")
-    tqdm.write(f"epoch {row['epoch']:3d}{of}  loss "
-               f"{row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val Dice "
-               f"{row['val_dice']:.4f}  IoU {row['val_iou']:.4f}  "
-               f"{row['images_per_s']:.1f} img/s" + skipped + ("  *best*" if improved else ""))
-
-
-def report_end(run: Run) -> None:
-    best = "n/a" if math.isinf(run.best_dice) else f"{run.best_dice:.4f}"
-    tqdm.write(f"done: best validation Dice {best}\n"
-               f"  checkpoint  {run.best_dir}\n  last        {run.last_dir}\n"
-               f"  metrics     {run.out / 'metrics.csv'}\n  curves      "
-               f"{run.out / 'curves.png'}\n  predictions {run.out / 'predictions.png'}")
-    if run.budget is not None:
-        tqdm.write(f"  time        {run.budget.summary()}")
-
-
-def _precision_name(rt: Runtime) -> str:
-    name = precision_name(rt.dtype) + ("" if rt.dtype == torch.float32 else " autocast")
-    return name + (", channels_last" if rt.channels_last else "")
-
-
