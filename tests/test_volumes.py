@@ -15,15 +15,22 @@ from unetkit.data.volumes import (
     VolumePair,
     is_volume_folder,
     read_volume,
+    read_volume_header,
     read_volume_mask,
     volume_pairs,
-    volume_shape,
     volume_stem,
     write_volume_labels,
     write_volume_probabilities,
 )
+from unetkit.errors import WriteError
 
-nib = pytest.importorskip("nibabel")
+
+@pytest.fixture
+def nib():
+    """nibabel (the optional 'medical' extra): the NIfTI tests ask for it, the rest run
+    without it."""
+    return pytest.importorskip("nibabel")
+
 
 # A rotated, shifted grid with zooms (x, y, z) = (0.8, 0.8, 3.0) mm.
 ANGLE = np.deg2rad(20)
@@ -42,6 +49,8 @@ def xyz_volume(shape=(7, 6, 5), dtype=np.int16):
 
 
 def save_nifti(path, data, affine=AFFINE):
+    import nibabel as nib
+
     nib.save(nib.Nifti1Image(data, affine), path)
     return path
 
@@ -49,7 +58,7 @@ def save_nifti(path, data, affine=AFFINE):
 # --------------------------------------------------------------------------- NIfTI
 
 
-def test_nifti_round_trip_array_order_spacing_and_affine(tmp_path):
+def test_nifti_round_trip_array_order_spacing_and_affine(nib, tmp_path):
     data = xyz_volume() - 1000  # negative values (CT-like) are kept, not scaled
     vol = read_volume(save_nifti(tmp_path / "ct.nii.gz", data))
     assert vol.array.dtype == np.float32 and vol.array.shape == (1, 5, 6, 7)  # (C, z, y, x)
@@ -57,17 +66,19 @@ def test_nifti_round_trip_array_order_spacing_and_affine(tmp_path):
     np.testing.assert_allclose(vol.spacing, (3.0, 0.8, 0.8), rtol=1e-6)  # (z, y, x)
     assert vol.affine.dtype == np.float64
     np.testing.assert_allclose(vol.affine, AFFINE, atol=1e-6)
-    assert volume_shape(tmp_path / "ct.nii.gz") == (1, 5, 6, 7)
+    head = read_volume_header(tmp_path / "ct.nii.gz")  # header only: no data read
+    assert head.array.shape == (1, 5, 6, 7) and head.array.dtype == np.int16
+    assert head.array.base is not None and head.spacing == vol.spacing
 
 
-def test_nifti_with_channels_gives_c_first(tmp_path):
+def test_nifti_with_channels_gives_c_first(nib, tmp_path):
     data = np.stack([xyz_volume(), xyz_volume() + 1], axis=-1)  # (x, y, z, c)
     vol = read_volume(save_nifti(tmp_path / "mr.nii", data))
     assert vol.array.shape == (2, 5, 6, 7)
     assert vol.array[1, 2, 3, 4] == 235
 
 
-def test_labels_written_like_the_input_keep_its_grid_exactly(tmp_path):
+def test_labels_written_like_the_input_keep_its_grid_exactly(nib, tmp_path):
     image = read_volume(save_nifti(tmp_path / "ct.nii.gz", xyz_volume()))
     image.header.set_slope_inter(2.0, -5.0)  # the source's intensity scaling ...
     image.header["cal_max"] = 400.0  # ... and display window must not reach the labels
@@ -85,7 +96,7 @@ def test_labels_written_like_the_input_keep_its_grid_exactly(tmp_path):
     assert not list(tmp_path.glob("*partial*"))
 
 
-def test_labels_that_need_it_are_int16_and_probabilities_are_4d(tmp_path):
+def test_labels_that_need_it_are_int16_and_probabilities_are_4d(nib, tmp_path):
     image = read_volume(save_nifti(tmp_path / "ct.nii.gz", xyz_volume()))
     labels = np.full((5, 6, 7), 300)
     write_volume_labels(tmp_path / "big.nii", labels, like=image)
@@ -97,14 +108,15 @@ def test_labels_that_need_it_are_int16_and_probabilities_are_4d(tmp_path):
     assert np.array_equal(back.affine, image.affine)
 
 
-def test_writing_the_wrong_size_names_both(tmp_path):
+def test_writing_the_wrong_size_names_both(nib, tmp_path):
     image = read_volume(save_nifti(tmp_path / "ct.nii.gz", xyz_volume()))
     with pytest.raises(ValueError, match=r"\(4, 6, 7\).*ct.nii.gz"):
         write_volume_labels(tmp_path / "p.nii.gz", np.zeros((4, 6, 7), int), like=image)
 
 
 def test_missing_nibabel_is_one_line_naming_the_extra(tmp_path, monkeypatch):
-    path = save_nifti(tmp_path / "ct.nii.gz", xyz_volume())
+    path = tmp_path / "ct.nii.gz"
+    path.write_bytes(b"never opened")
     monkeypatch.setitem(sys.modules, "nibabel", None)  # import nibabel now fails
     with pytest.raises(ImportError) as err:
         read_volume(path)
@@ -157,6 +169,23 @@ def test_a_2d_image_is_not_a_volume(tmp_path):
         read_volume(tmp_path / "rgb.tif")
 
 
+def test_a_failed_write_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.zeros((5, 6, 7)))
+    like = read_volume_header(tmp_path / "a.npy")
+
+    def full_disk(path, *args, **kwargs):
+        open(path, "wb").write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(WriteError) as err:
+        write_volume_labels(tmp_path / "out" / "pred.npy", np.zeros((5, 6, 7), int), like=like)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"could not write labels to {tmp_path / 'out' / 'pred.npy'}"
+                                     ": No space left on device")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 # --------------------------------------------------------------------------- mask errors
 
 
@@ -183,7 +212,7 @@ def test_non_integer_mask_and_binary_0_255(tmp_path):
 # --------------------------------------------------------------------------- pairing
 
 
-def test_nnunet_layout_stacks_channels_in_order(tmp_path):
+def test_nnunet_layout_stacks_channels_in_order(nib, tmp_path):
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (tmp_path / sub).mkdir()
     for case in ("liver_001", "liver_002"):
@@ -203,7 +232,7 @@ def test_nnunet_layout_stacks_channels_in_order(tmp_path):
     assert is_volume_folder(tmp_path)
 
 
-def test_pairing_problems_are_reported_together(tmp_path):
+def test_pairing_problems_are_reported_together(nib, tmp_path):
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()
     images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
@@ -221,7 +250,7 @@ def test_pairing_problems_are_reported_together(tmp_path):
             in msg)
 
 
-def test_images_masks_layout_with_double_suffix(tmp_path):
+def test_images_masks_layout_with_double_suffix(nib, tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     save_nifti(tmp_path / "images" / "a.nii.gz", xyz_volume())

@@ -153,8 +153,10 @@ def _tiff_spacing(tif) -> tuple[float, float, float]:
     return (z, float(sizes[0]), float(sizes[1]))
 
 
-def _read(path: str | Path, what: str) -> Volume:
-    """The file's array in (C, D, H, W) (masks: channels kept for the caller), as stored."""
+def _read(path: str | Path, what: str, data: bool = True) -> Volume:
+    """The file's array in (C, D, H, W) as stored (masks check their channels later).
+    ``data=False`` reads the header only: the array is then a stand-in of the right shape
+    and dtype that holds no memory."""
     path = Path(path)
     suffix = volume_suffix(path)
     if not path.is_file():
@@ -163,11 +165,16 @@ def _read(path: str | Path, what: str) -> Volume:
         raise DataError(f"{path}: unsupported file type; expected one of "
                         f"{', '.join(VOLUME_SUFFIXES)}")
     nib = _nibabel(path) if suffix in NIFTI_SUFFIXES else None
+
+    def stand_in(shape, dtype):
+        return np.broadcast_to(np.zeros((), dtype), tuple(shape))
+
     header = None
     with _reading(path, what):
         if nib is not None:
             img = nib.load(path)
-            arr = _apply(np.asanyarray(img.dataobj), _nifti_order(img.shape, path, what))
+            arr = np.asanyarray(img.dataobj) if data else stand_in(img.shape, img.get_data_dtype())
+            arr = _apply(arr, _nifti_order(img.shape, path, what))
             zooms = [float(z) for z in img.header.get_zooms()[:3]]
             spacing = (zooms[2], zooms[1], zooms[0])
             affine, header = np.asarray(img.affine, dtype=np.float64), img.header
@@ -177,17 +184,24 @@ def _read(path: str | Path, what: str) -> Volume:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 order = _order(series.shape, series.axes, (1, 3), path, what)
-                arr = _apply(series.asarray(), order)
+                arr = series.asarray() if data else stand_in(series.shape, series.dtype)
+                arr = _apply(arr, order)
                 spacing, header = _tiff_spacing(tif), tif.imagej_metadata
             affine = _grid_affine(spacing)
         else:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, mmap_mode=None if data else "r", allow_pickle=False)
             arr = _apply(arr, _order(arr.shape, None, (0, 3), path, what))
             spacing, affine = (1.0, 1.0, 1.0), np.eye(4)
     if arr.dtype.kind not in "biuf" or arr.size == 0:
         raise DataError(f"{path}: {what} has unsupported data type {arr.dtype} or is empty")
     arr = arr[None] if arr.ndim == 3 else arr
     return Volume(arr, spacing, affine, header, path)
+
+
+def read_volume_header(path: str | Path) -> Volume:
+    """The geometry of a volume without its data: ``array`` is a stand-in (no memory) of
+    the image's (C, D, H, W) shape and stored dtype; spacing, affine and header as read."""
+    return _read(path, "volume", data=False)
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -230,31 +244,6 @@ def read_volume_mask(path: str | Path, num_classes: int,
             raise DataError(str(err).replace(" do not fit mask encoding 'auto'", ""))
     vol.array = np.ascontiguousarray(arr, dtype=np.int64)
     return vol
-
-
-def volume_shape(path: str | Path) -> tuple[int, int, int, int]:
-    """(C, D, H, W) of an image volume (or (1, D, H, W) of a mask) from its header only."""
-    path = Path(path)
-    suffix = volume_suffix(path)
-    if suffix is None or not path.is_file():
-        raise DataError(f"{path}: not a volume file ({', '.join(VOLUME_SUFFIXES)})")
-    nib = _nibabel(path) if suffix in NIFTI_SUFFIXES else None
-    with _reading(path, "volume header"):
-        if nib is not None:
-            shape = tuple(nib.load(path).shape)
-            order = _nifti_order(shape, path, "volume")
-        elif suffix in TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                shape, axes = tuple(tif.series[0].shape), tif.series[0].axes
-            order = _order(shape, axes, (1, 3), path, "volume")
-        else:
-            shape = tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
-            order = _order(shape, None, (0, 3), path, "volume")
-    kept = [s for i, s in enumerate(shape) if i not in order[0]]
-    out = tuple(kept[i] for i in order[1])
-    return (1, *out) if len(out) == 3 else out
 
 
 # --------------------------------------------------------------------------- writing
@@ -441,10 +430,12 @@ def _geometry_problems(pair: VolumePair) -> list[str]:
     problems, ref = [], None
     for path in [*pair.image_paths, *([pair.mask_path] if pair.mask_path else [])]:
         try:
-            size, affine = volume_shape(path)[1:], _header_affine(path)
+            head = read_volume_header(path)
         except DataError as err:
             problems.append(str(err))
             continue
+        nifti = volume_suffix(path) in NIFTI_SUFFIXES
+        size, affine = head.array.shape[1:], head.affine if nifti else None
         if ref is None:
             ref = (path, size, affine)
             continue
@@ -457,14 +448,6 @@ def _geometry_problems(pair: VolumePair) -> list[str]:
             problems.append(f"{path}: {kind} has another position or spacing (affine) than "
                             f"its image {ref[0].name}; resample it onto the image's grid")
     return problems
-
-
-def _header_affine(path: Path) -> np.ndarray | None:
-    if volume_suffix(path) not in NIFTI_SUFFIXES:
-        return None
-    nib = _nibabel(path)
-    with _reading(path, "volume header"):
-        return np.asarray(nib.load(path).affine)
 
 
 def _dhw(size: tuple[int, ...]) -> str:
@@ -491,17 +474,9 @@ def is_volume_folder(root: str | Path) -> bool:
     if not files:
         return False
     try:
-        if volume_suffix(files[0]) in TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(files[0]) as tif:
-                shape, axes = tif.series[0].shape, tif.series[0].axes
-        else:
-            shape, axes = np.load(files[0], mmap_mode="r", allow_pickle=False).shape, ""
-    except Exception:
-        return False  # unreadable: the 2D reader will say why
-    kept = [s for s in shape if s != 1]
-    letters = [a for a, s in zip(axes, shape) if s != 1]
-    if "Z" in letters or len(kept) == 4:
-        return True
-    return len(kept) == 3 and min(kept[0], kept[-1]) > MAX_CHANNELS
+        head = read_volume_header(files[0])
+    except DataError:
+        return False  # no volume layout, e.g. (H, W, 3): the 2D reader decides
+    channels, depth, _, width = head.array.shape
+    slices = head.header.get("slices", 1) if isinstance(head.header, dict) else 1
+    return channels > 1 or slices > 1 or min(depth, width) > MAX_CHANNELS
