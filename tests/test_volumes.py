@@ -283,3 +283,14 @@ def test_is_volume_folder_tells_2d_from_3d(tmp_path):
     assert not any(map(is_volume_folder, (png, rgb, chw, tmp_path / "empty")))
     assert is_volume_folder(stack) and is_volume_folder(zyx)
     assert not is_volume_folder(npy4)  # a (1, 3, H, W) array is a 3-channel 2D image
+
+
+def test_a_mask_on_another_grid_is_a_problem(nib, tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    save_nifti(tmp_path / "images" / "a.nii.gz", xyz_volume())
+    shifted = AFFINE.copy()
+    shifted[2, 3] += 3.0  # one slice further up
+    save_nifti(tmp_path / "masks" / "a.nii.gz", np.zeros((7, 6, 5), np.uint8), shifted)
+    with pytest.raises(DataError, match=r"masks/a.nii.gz: mask has another position or spacing"):
+        volume_pairs(tmp_path)

@@ -16,7 +16,9 @@ File types by suffix: ``.nii`` / ``.nii.gz`` (nibabel, the optional ``medical`` 
 ``.tif`` / ``.tiff`` multi-page stacks (tifffile; (D, H, W), (D, C, H, W) or (D, H, W, C);
 z spacing from ImageJ's ``spacing``, y/x from the XResolution/YResolution tags, else 1.0),
 and ``.npy`` ((D, H, W) or (C, D, H, W), spacing 1.0). Problems raise :class:`DataError`
-naming the file, like the 2D readers of :mod:`unetkit.data.io`.
+naming the file, like the 2D readers of :mod:`unetkit.data.io`. Predictions are written
+on the grid of the volume they came from (``like=``); :func:`volume_pairs` finds the
+cases of a folder, :func:`is_volume_folder` tells a 3D folder from a 2D one.
 """
 
 from __future__ import annotations
@@ -134,21 +136,15 @@ def _nifti_order(shape: tuple[int, ...], path: Path, what: str):
 
 
 def _tiff_spacing(tif) -> tuple[float, float, float]:
-    ij = tif.imagej_metadata or {}
-    tags = tif.pages[0].tags
-    unit = tags.get("ResolutionUnit")
-    unit = int(unit.value) if unit is not None else 1
-    scale = _UNIT_MM.get(str(ij.get("unit", "")).strip().lower(), 1.0)
-    if unit == 3:
-        scale = 10.0
+    """(z, y, x) in mm: ImageJ's ``spacing`` and the resolution tags (pixels per unit)."""
+    ij, tags = tif.imagej_metadata or {}, tif.pages[0].tags
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1
+    scale = 10.0 if unit == 3 else _UNIT_MM.get(str(ij.get("unit", "")).strip().lower(), 1.0)
     sizes = []
     for name in ("YResolution", "XResolution"):
-        tag = tags.get(name)
-        value = tag.value if tag is not None else None
-        if isinstance(value, tuple) and len(value) == 2 and value[0] > 0 and unit != 2:
-            sizes.append(value[1] / value[0] * scale)
-        else:
-            sizes.append(1.0)
+        value = tags[name].value if name in tags else None
+        ok = isinstance(value, tuple) and len(value) == 2 and value[0] > 0 and unit != 2
+        sizes.append(value[1] / value[0] * scale if ok else 1.0)
     z = float(ij["spacing"]) * scale if ij.get("spacing") else 1.0
     return (z, float(sizes[0]), float(sizes[1]))
 
@@ -306,8 +302,7 @@ def write_volume_labels(path: str | Path, labels: np.ndarray, like: Volume) -> N
         dtype = np.int16
     else:
         raise ValueError(f"{path}: label values {lo}..{hi} do not fit the file's integer type")
-    data = labels.astype(dtype)
-    _write(path, "labels", data, like)
+    _write(path, "labels", labels.astype(dtype), like)
 
 
 def write_volume_probabilities(path: str | Path, probs: np.ndarray, like: Volume) -> None:
@@ -363,13 +358,16 @@ class VolumePair:
         return read_volume_mask(self.mask_path, num_classes, ignore_index)
 
 
-def _volume_files(folder: Path) -> dict[str, list[Path]]:
+def _volume_files(folder: Path, problems: list[str]) -> dict[str, Path]:
+    """Volume files in ``folder`` by stem; several files with one stem are a problem."""
     found: dict[str, list[Path]] = {}
     if folder.is_dir():
         for p in sorted(folder.iterdir()):
             if p.is_file() and not p.name.startswith(".") and volume_suffix(p):
                 found.setdefault(volume_stem(p), []).append(p)
-    return found
+    problems += [f"{folder}: several volumes share the stem {stem!r}: "
+                 + ", ".join(p.name for p in ps) for stem, ps in found.items() if len(ps) > 1]
+    return {stem: ps[0] for stem, ps in found.items()}
 
 
 def volume_pairs(root: str | Path) -> list[VolumePair]:
@@ -380,15 +378,15 @@ def volume_pairs(root: str | Path) -> list[VolumePair]:
     root = Path(root).expanduser()
     problems: list[str] = []
     if (root / "imagesTr").is_dir():
-        images_dir, masks = root / "imagesTr", _volume_files(root / "labelsTr")
+        images_dir, mask_dir = root / "imagesTr", root / "labelsTr"
         cases: dict[str, dict[int, Path]] = {}
-        for stem, paths in _volume_files(images_dir).items():
+        for stem, path in _volume_files(images_dir, problems).items():
             match = re.fullmatch(r"(.+)_(\d{4})", stem)
             if match is None:
-                problems.append(f"{paths[0]}: name does not end in a channel number "
+                problems.append(f"{path}: name does not end in a channel number "
                                 "_0000, _0001, ...; expected CASE_0000 and so on")
                 continue
-            cases.setdefault(match[1], {})[int(match[2])] = paths[0]
+            cases.setdefault(match[1], {})[int(match[2])] = path
         channels = sorted({c for chans in cases.values() for c in chans})
         pairs = []
         for case, chans in sorted(cases.items()):
@@ -396,23 +394,20 @@ def volume_pairs(root: str | Path) -> list[VolumePair]:
             problems += [f"{images_dir / f'{case}_{c:04d}{ext}'}: channel file missing "
                          f"(other cases have channels {', '.join(f'{c:04d}' for c in channels)})"
                          for c in channels if c not in chans]
-            pairs.append(VolumePair(case, [chans[c] for c in sorted(chans)],
-                                    masks.get(case, [None])[0]))
-        mask_dir = root / "labelsTr"
+            pairs.append(VolumePair(case, [chans[c] for c in sorted(chans)], None))
     elif (root / "images").is_dir():
-        images, masks = _volume_files(root / "images"), _volume_files(root / "masks")
-        pairs = [VolumePair(stem, paths[:1], masks.get(stem, [None])[0])
-                 for stem, paths in sorted(images.items())]
-        problems += [f"{root / 'images'}: several volumes share the stem {s!r}: "
-                     + ", ".join(p.name for p in ps) for s, ps in images.items() if len(ps) > 1]
         mask_dir = root / "masks"
+        pairs = [VolumePair(stem, [path], None)
+                 for stem, path in _volume_files(root / "images", problems).items()]
     else:
         raise DataError(f"{root}: no 'images' or 'imagesTr' folder; {LAYOUT}")
     if not pairs and not problems:
         raise DataError(f"{root}: no volumes found ({', '.join(VOLUME_SUFFIXES)}); {LAYOUT}")
+    masks = _volume_files(mask_dir, problems)
     names = {p.name for p in pairs}
-    problems += [f"{ps[0]}: mask without an image" for s, ps in masks.items() if s not in names]
+    problems += [f"{path}: mask without an image" for s, path in masks.items() if s not in names]
     for pair in pairs:
+        pair.mask_path = masks.get(pair.name)
         if pair.mask_path is None:
             problems.append(f"{pair.image_paths[0]}: no mask (expected {mask_dir / pair.name}"
                             f"{volume_suffix(pair.image_paths[0])})")
@@ -421,7 +416,7 @@ def volume_pairs(root: str | Path) -> list[VolumePair]:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise DataError(f"{len(problems)} problem(s) in the data; fix them and run again:\n"
                         f"{lines}")
-    return pairs
+    return sorted(pairs, key=lambda pair: pair.name)
 
 
 def _geometry_problems(pair: VolumePair) -> list[str]:
@@ -441,8 +436,9 @@ def _geometry_problems(pair: VolumePair) -> list[str]:
             continue
         kind = "mask" if path == pair.mask_path else "channel file"
         if size != ref[1]:
-            problems.append(f"{path}: {kind} is {_dhw(size)} but its image {ref[0].name} is "
-                            f"{_dhw(ref[1])} (depth x height x width); they must match")
+            problems.append(f"{path}: {kind} is {'x'.join(map(str, size))} but its image "
+                            f"{ref[0].name} is {'x'.join(map(str, ref[1]))} (depth x height "
+                            "x width); they must match")
         elif affine is not None and ref[2] is not None \
                 and not np.allclose(affine, ref[2], rtol=1e-4, atol=1e-3):
             problems.append(f"{path}: {kind} has another position or spacing (affine) than "
@@ -450,25 +446,22 @@ def _geometry_problems(pair: VolumePair) -> list[str]:
     return problems
 
 
-def _dhw(size: tuple[int, ...]) -> str:
-    return "x".join(str(s) for s in size)
-
-
 def is_volume_folder(root: str | Path) -> bool:
     """Whether a data folder holds volumes, so training can pick 3D by itself.
 
     True for the nnU-Net layout (``imagesTr``) and for any NIfTI file in ``images`` (or
-    ``train/images``). For .tif/.tiff/.npy the first image decides, by its shape with
-    size-1 axes dropped: 4 axes, or 3 axes of which neither end is a channel axis
-    (<= MAX_CHANNELS, which the 2D reader takes as (H, W, C) / (C, H, W)), or a TIFF whose
-    ImageJ metadata names a z axis. So a stack of up to 4 slices without such metadata
-    stays a 2D multi-channel image; a 2D image folder always stays 2D.
+    ``train/images``). For .tif/.tiff/.npy the first file's header decides (size-1 axes
+    dropped): a volume has 4 axes (channels and D, H, W), or ImageJ metadata with several
+    slices, or 3 axes whose two ends are both larger than MAX_CHANNELS (4). Three axes with
+    an end of at most 4 are what the 2D reader takes as (H, W, C) or (C, H, W), so a 2D
+    image folder always stays 2D, and a stack of up to 4 slices without ImageJ metadata
+    counts as one 2D multi-channel image.
     """
     root = Path(root).expanduser()
     if (root / "imagesTr").is_dir():
         return True
     folder = root / "images" if (root / "images").is_dir() else root / "train" / "images"
-    files = [p for ps in _volume_files(folder).values() for p in ps]
+    files = list(_volume_files(folder, []).values())
     if any(volume_suffix(p) in NIFTI_SUFFIXES for p in files):
         return True
     if not files:
