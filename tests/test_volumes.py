@@ -51,7 +51,10 @@ def xyz_volume(shape=(7, 6, 5), dtype=np.int16):
 def save_nifti(path, data, affine=AFFINE):
     import nibabel as nib
 
-    nib.save(nib.Nifti1Image(data, affine), path)
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)  # as scanners write it: both forms, code 'scanner'
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
     return path
 
 
@@ -87,6 +90,10 @@ def test_labels_written_like_the_input_keep_its_grid_exactly(nib, tmp_path):
 
     back = nib.load(tmp_path / "pred.nii.gz")
     assert np.array_equal(back.affine, image.affine)
+    for form in ("qform", "sform"):  # viewers differ in which one they trust: both kept
+        assert back.header[f"{form}_code"] == image.header[f"{form}_code"] == 1
+        assert np.array_equal(getattr(back.header, f"get_{form}")(),
+                              getattr(image.header, f"get_{form}")())
     assert back.header.get_zooms() == image.header.get_zooms()[:3]
     assert back.header.get_data_dtype() == np.uint8
     assert back.header.get_slope_inter() == (None, None) and back.header["cal_max"] == 0
