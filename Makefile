@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	   || echo "note: could not install libtcmalloc-minimal4; continuing without it"; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,export]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,export,medical]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
