@@ -175,7 +175,8 @@ class DataConfig(_Checked):
 
     SECTION: typing.ClassVar[str] = "data"
     root: str | None = None  # data folder (ROOT/images, ROOT/masks); none: the demo data
-    demo: str = setting("binary", choices=("binary", "multiclass"))  # built-in data (no root)
+    # built-in data (no root); volumes: 3D stacks of nuclei-like blobs, anisotropic voxels
+    demo: str = setting("binary", choices=("binary", "multiclass", "volumes"))
     demo_size: int = setting(256, ge=16)  # side of each generated demo image, pixels
     demo_count: int = setting(64, ge=2)  # number of generated demo images
     num_classes: int = setting(2, ge=2)  # mask classes, including background
@@ -189,12 +190,17 @@ class DataConfig(_Checked):
     ignore_index: int | None = setting(None, ge=0)  # mask value that no loss or metric counts
     val_fraction: float = setting(0.2, ge=0, lt=1)  # held out unless ROOT/train, ROOT/val exist
     patch_size: int = setting(256, ge=1)  # training crop, pixels (input side for valid padding)
+    patch_depth: int | None = setting(None, ge=1)  # volumes: crop slices; none: from spacing
     context: int = setting(0, ge=0)  # mirrored border around each training crop, pixels
     foreground_oversample: float = setting(0.33, ge=0, le=1)  # P(crop centred on foreground)
-    # "auto": ImageNet's statistics for a pretrained encoder, else the training images'
-    normalize: str = setting("auto", choices=("auto", "dataset", "imagenet", "none"))
+    # "auto": ImageNet's statistics for a pretrained encoder, else the training images';
+    # volumes: per_image (z-score of each volume), or ct (clip, then dataset z-score)
+    normalize: str = setting("auto", choices=("auto", "dataset", "imagenet", "none",
+                                              "per_image", "ct"))
     mean: tuple[float, ...] = ()  # filled in from the training images (or ImageNet's)
     std: tuple[float, ...] = setting((), gt=0)  # per channel; filled like mean
+    intensity_range: tuple[float, ...] = ()  # ct: clip to (low, high), filled in from the data
+    spacing: tuple[float, ...] = setting((), gt=0)  # volumes: voxel size (z, y, x); filled in
     weight_map: bool = True  # the paper's border weight map, when instance labels exist
     weight_map_w0: float = setting(10.0, ge=0)  # weight of the border term
     weight_map_sigma: float = setting(5.0, gt=0)  # pixels
@@ -205,7 +211,8 @@ class DataConfig(_Checked):
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 
 
-DEMO_CLASSES = {"binary": 2, "multiclass": 4}  # classes of the built-in data, background included
+# Classes of the built-in data sets, background included.
+DEMO_CLASSES = {"binary": 2, "multiclass": 4, "volumes": 2}
 
 
 def with_demo_classes(data: DataConfig) -> DataConfig:

@@ -47,9 +47,10 @@ def _prepare(
     Ignored pixels get target 0 (so every log-probability stays finite) and w = 0 (so they
     count for nothing).
     """
-    if logits.ndim != 4:
+    if logits.ndim not in (4, 5):
         raise ValueError(
-            f"logits must have shape (B, C, H, W), got shape {tuple(logits.shape)}"
+            f"logits must have shape (B, C, H, W) or (B, C, D, H, W), got shape "
+            f"{tuple(logits.shape)}"
         )
     expected_shape = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected_shape:
@@ -115,8 +116,10 @@ def _log_p_true(x: Tensor, t: Tensor) -> Tensor:
 
 
 def _one_hot(t: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """(B, H, W) indices -> (B, K, H, W) one-hot, by comparison (no sync, unlike F.one_hot)."""
-    classes = torch.arange(num_classes, device=t.device).view(1, num_classes, 1, 1)
+    """(B, H, W) indices -> (B, K, H, W) one-hot (and (B, D, H, W) -> (B, K, D, H, W)), by
+    comparison (no sync, unlike F.one_hot)."""
+    classes = torch.arange(num_classes, device=t.device).view(1, num_classes,
+                                                              *(1,) * (t.ndim - 1))
     return (t.unsqueeze(1) == classes).to(dtype)
 
 
@@ -147,7 +150,8 @@ def _soft_dice_loss(
         if not include_background:
             prob, truth = prob[:, 1:], truth[:, 1:]
     w = w.unsqueeze(1)
-    dims = (0, 2, 3)  # sum over batch and pixels: one Dice per class for the whole batch
+    # sum over batch and pixels (voxels): one Dice per class for the whole batch
+    dims = (0, *range(2, x.ndim))
     intersection = (w * prob * truth).sum(dims)
     sizes = (w * prob).sum(dims) + (w * truth).sum(dims)
     dice = (2.0 * intersection + smooth) / (sizes + smooth)

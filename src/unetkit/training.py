@@ -57,6 +57,7 @@ from .config import (
 from .console import announce, report_end, report_epoch
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
+from .data.transforms3d import Augmenter3D
 from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
 from .losses import build_loss
@@ -115,7 +116,7 @@ class Run:
     scheduler: Any
     per_step: bool  # scheduler stepped per batch (else per epoch, on the validation Dice)
     scaler: torch.amp.GradScaler
-    augmenter: Augmenter
+    augmenter: Augmenter | Augmenter3D
     guard: DivergenceGuard
     log: MetricsLog | None
     budget: Budget | None = None  # with train.time: the clock the run stops by
@@ -200,7 +201,8 @@ def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = ()
         val_loss, scores, run.previews = validate(
             unwrap(run.model), run.val_loader, run.criterion, target_classes(run.config.data),
             run.config.data.ignore_index, run.rt,
-            run.config.train.num_preview if want_previews else 0)
+            run.config.train.num_preview if want_previews else 0,
+            getattr(run.train_ds, "patch", None))
         validated = time.perf_counter()
         row = epoch_row(run, epoch, train_loss, val_loss, scores, seen, seconds)
         improved = update_best(run, row["val_dice"])
@@ -301,6 +303,8 @@ def build_run(requested: Config, state: dict | None, plan: dict | None = None) -
     rt = make_runtime(tc.device, tc.precision, tc.channels_last)
     torch.manual_seed(tc.seed)
     train_ds, val_ds, config = build_data(config)
+    if train_ds.spatial_dims == 3:  # channels_last is a 4-D layout
+        rt = dataclasses.replace(rt, channels_last=False)
     out = Path(tc.out)
     model, step_model = place_model(config, rt, out / "checkpoints" / "last" if state else None)
     loader, val_loader, sampler = make_loaders(train_ds, val_ds, config, rt)
@@ -329,8 +333,15 @@ def build_run(requested: Config, state: dict | None, plan: dict | None = None) -
         budget.add("start-up", budget.elapsed() - sum(budget.parts.values()))
     return Run(config, rt, out, model, step_model, train_ds, val_ds, loader, val_loader,
                sampler, criterion, optimizer, scheduler, per_step, scaler,
-               Augmenter(config.augment, seed=tc.seed), guard, log, budget, plan,
+               make_augmenter(config, train_ds.spatial_dims), guard, log, budget, plan,
                start_epoch, best_dice)
+
+
+def make_augmenter(config: Config, spatial_dims: int):
+    """The batch augmentation for images, or its 3D counterpart for volumes."""
+    if spatial_dims == 3:
+        return Augmenter3D(config.augment, config.data.spacing, seed=config.train.seed)
+    return Augmenter(config.augment, seed=config.train.seed)
 
 
 def start_budget(seconds: float | None, state: dict | None, plan: dict | None
@@ -474,8 +485,10 @@ def training_step(run: Run, batch: dict, epoch: int, step: int) -> torch.Tensor 
     with rt.autocast():
         logits = run.step_model(image)
     # Valid padding: the output is the centre of the input, so is the target.
-    target = center_crop(batch["mask"], *logits.shape[-2:])
-    weight = center_crop(batch["weight"], *logits.shape[-2:])
+    target, weight = batch["mask"], batch["weight"]
+    if target.shape[-2:] != logits.shape[-2:]:
+        target = center_crop(target, *logits.shape[-2:])
+        weight = center_crop(weight, *logits.shape[-2:])
     loss = run.criterion(logits.float(), target, weight)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()

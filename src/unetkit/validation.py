@@ -14,6 +14,7 @@ from .checkpoint import unwrap
 from .metrics import MetricTracker, logits_to_labels
 from .models.blocks import mirror_pad
 from .runtime import Runtime
+from .volume_inference import sliding_window
 
 
 def forward_whole(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -30,8 +31,11 @@ def forward_whole(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     return model(padded)[..., :height, :width]
 
 
-def validate(model, loader, criterion, num_classes, ignore, rt: Runtime, num_preview: int):
-    """Whole validation images: (mean loss, scores, preview triples)."""
+def validate(model, loader, criterion, num_classes, ignore, rt: Runtime, num_preview: int,
+             volume_tile: tuple[int, int, int] | None = None):
+    """Whole validation images: (mean loss, scores, preview triples). Volumes go through
+    the model tile by tile (``volume_tile``, the training patch), so a whole volume never
+    has to fit in memory; their previews are the slice with the most foreground."""
     model.eval()
     tracker = MetricTracker(num_classes, ignore)
     loss_sum, count, previews = torch.zeros((), device=rt.device), 0, []
@@ -41,16 +45,27 @@ def validate(model, loader, criterion, num_classes, ignore, rt: Runtime, num_pre
             image = batch["image"]
             if rt.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            logits = forward_whole(model, image).float()
+            if image.ndim == 5:
+                logits = sliding_window(model, image, volume_tile or image.shape[2:])
+            else:
+                logits = forward_whole(model, image).float()
             loss_sum += criterion(logits, batch["mask"], batch["weight"])
             count += 1
             tracker.update(logits, batch["mask"])
             if len(previews) < num_preview:
-                previews.append((batch["image"][0].float().cpu().numpy(),
-                                 batch["mask"][0].cpu().numpy(),
-                                 logits_to_labels(logits)[0].cpu().numpy()))
+                previews.append(_preview(batch["image"][0], batch["mask"][0],
+                                         logits_to_labels(logits)[0]))
     tracker.all_reduce()
     return reduce_mean(loss_sum, count, rt), tracker.compute(), previews
+
+
+def _preview(image: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """(image (C, H, W), truth (H, W), prediction (H, W)) numpy; of a volume, the slice
+    whose truth has the most foreground."""
+    if mask.ndim == 3:
+        z = int((mask > 0).sum(dim=(1, 2)).argmax())
+        image, mask, labels = image[:, z], mask[z], labels[z]
+    return image.float().cpu().numpy(), mask.cpu().numpy(), labels.cpu().numpy()
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:

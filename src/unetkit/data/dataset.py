@@ -75,6 +75,7 @@ class SegmentationDataset(Dataset):
         self.cfg = cfg
         self.train = train
         self.seed = seed
+        self.spatial_dims = 2
         # In shared memory so DataLoader worker processes, persistent ones included, see the
         # value set_epoch writes in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()

@@ -99,6 +99,10 @@ def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False
     "imagenet" uses the ImageNet statistics (their average for 1-channel images).
     ``cfg`` itself is not changed.
     """
+    from unetkit.data.volume_folder import build_volume_datasets, is_volume_data
+
+    if is_volume_data(cfg):
+        return build_volume_datasets(cfg, seed)
     _check_config(cfg)
     if cfg.normalize == "auto":
         cfg = dataclasses.replace(cfg, normalize="imagenet" if pretrained else "dataset")

@@ -333,7 +333,7 @@ def photometric(
     while the value range the network was normalised for is kept.
 
     Args:
-        image: float (B, C, H, W) on any device.
+        image: float (B, C, H, W) on any device, or (B, C, D, H, W) volumes.
         cfg: magnitudes; a zero magnitude leaves that change out.
         generator: seeded CPU generator; every parameter is drawn from it, in a fixed order.
 
@@ -351,23 +351,27 @@ def photometric(
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
 
     def per_sample(values: torch.Tensor) -> torch.Tensor:
-        return values.to(device=device, dtype=dtype).view(batch, 1, 1, 1)
+        return values.to(device=device, dtype=dtype).view(batch, *(1,) * (image.ndim - 1))
 
+    every = tuple(range(1, image.ndim))  # all but the batch: (C, H, W) or (C, D, H, W)
     out = image
     if cfg.brightness > 0:
         out = out + per_sample(brightness)
     if cfg.contrast > 0:
-        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        mean = out.mean(dim=every, keepdim=True)
         out = (out - mean) * per_sample(contrast) + mean
     if cfg.gamma > 0:
-        low = out.amin(dim=(1, 2, 3), keepdim=True)
-        span = out.amax(dim=(1, 2, 3), keepdim=True) - low
+        low = out.amin(dim=every, keepdim=True)
+        span = out.amax(dim=every, keepdim=True) - low
         # clamp: a constant sample has span 0 and stays constant (0 ** g = 0 for g > 0).
         unit = ((out - low) / span.clamp_min(1e-12)).clamp(0.0, 1.0)
         out = unit ** per_sample(gamma) * span + low
     if cfg.blur_prob > 0 and bool(blur_on.any()):
         chosen = torch.nonzero(blur_on).flatten().to(device)
-        blurred = gaussian_blur(out[chosen], blur_sigma[blur_on].to(torch.float32))
+        picked = out[chosen]
+        # Volumes are blurred in-plane, slice by slice (their z is often coarser).
+        flat = picked.flatten(1, 2) if picked.ndim == 5 else picked
+        blurred = gaussian_blur(flat, blur_sigma[blur_on].to(torch.float32)).view_as(picked)
         out = out.index_copy(0, chosen, blurred)
     if cfg.noise_std > 0:
         device_generator = torch.Generator(device=device)
