@@ -1,6 +1,6 @@
 """Small building blocks shared by the networks: the double convolution, normalisation
 choice, centre crop and the pad-to-a-multiple helper that lets same-padding networks
-take any H x W.
+take any H x W (or D x H x W).
 
 The layer classes come from :mod:`.layers` by number of spatial dimensions (``dims``,
 default 2); see there for why."""
@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, choices_of
-from .layers import BATCH_NORM, CONV, CONV_CLASSES, INSTANCE_NORM, NORM_CLASSES, check_dims
+from .layers import (
+    AXIS_NAMES,
+    BATCH_NORM,
+    CONV,
+    CONV_CLASSES,
+    INSTANCE_NORM,
+    NORM_CLASSES,
+    check_dims,
+)
 
 NORMS = choices_of(ModelConfig, "norm")  # declared once, in config.py
 
@@ -35,19 +43,25 @@ def make_norm(kind: str | None, channels: int, dims: int = 2) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
-class ConvNormReLU(nn.Sequential):
-    """3x3 convolution -> normalisation -> ReLU.
+Size = int | tuple[int, ...]  # one value for every spatial axis, or one per axis
 
-    ``padding=0`` is the paper's unpadded ("valid") convolution: H x W -> (H-2) x (W-2).
-    ``dims``: spatial dimensions (2: (B, C, H, W) maps; 3 is not used yet).
+
+class ConvNormReLU(nn.Sequential):
+    """Convolution (3x3, or ``kernel_size``) -> normalisation -> ReLU.
+
+    ``padding=0`` is the paper's unpadded ("valid") convolution: H x W -> (H-2) x (W-2);
+    ``padding=kernel_size // 2`` keeps the size. ``kernel_size`` and ``padding`` take one
+    value per axis as well, e.g. (1, 3, 3) and (0, 1, 1) for an anisotropic volume's
+    in-plane convolution. ``dims``: spatial dimensions, 2: (B, C, H, W) -> (B, C', H', W'),
+    3: (B, C, D, H, W) -> (B, C', D', H', W').
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None,
-                 dims: int = 2):
+    def __init__(self, in_ch: int, out_ch: int, padding: Size, norm: str | None = None,
+                 dims: int = 2, kernel_size: Size = 3):
         # With a normalisation layer the convolution's bias is redundant (the norm's shift
         # replaces it), so it is left out, as torchvision does.
         super().__init__(
-            CONV[check_dims(dims)](in_ch, out_ch, 3, padding=padding,
+            CONV[check_dims(dims)](in_ch, out_ch, kernel_size, padding=padding,
                                    bias=norm in (None, "none")),
             make_norm(norm, out_ch, dims),
             nn.ReLU(inplace=True),
@@ -56,44 +70,64 @@ class ConvNormReLU(nn.Sequential):
 
 class DoubleConv(nn.Sequential):
     """Two ``ConvNormReLU``: the unit of every U-Net level. Valid padding shrinks each side
-    by 4 pixels; same padding keeps H x W."""
+    by 4 pixels (by 2 * (k - 1) along an axis of kernel size k); same padding keeps the
+    size."""
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int, norm: str | None = None,
-                 dims: int = 2):
+    def __init__(self, in_ch: int, out_ch: int, padding: Size, norm: str | None = None,
+                 dims: int = 2, kernel_size: Size = 3):
         super().__init__(
-            ConvNormReLU(in_ch, out_ch, padding, norm, dims),
-            ConvNormReLU(out_ch, out_ch, padding, norm, dims),
+            ConvNormReLU(in_ch, out_ch, padding, norm, dims, kernel_size),
+            ConvNormReLU(out_ch, out_ch, padding, norm, dims, kernel_size),
         )
 
 
-def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Crop the last two dimensions of ``x`` to ``height`` x ``width`` around the centre.
+def center_crop(x: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """Crop the last ``len(sizes)`` dimensions of ``x`` to ``sizes`` around the centre:
+    ``center_crop(x, height, width)`` for (..., H, W), ``center_crop(x, d, h, w)`` for
+    (..., D, H, W).
 
     Used for the paper's skip connections (the encoder map is larger than the upsampled
     decoder map) and to crop training targets to a valid-padding network's output.
     """
-    top = (x.shape[-2] - height) // 2
-    left = (x.shape[-1] - width) // 2
-    return x[..., top : top + height, left : left + width]
+    crop = []
+    for dim, size in zip(range(-len(sizes), 0), sizes):
+        start = (x.shape[dim] - size) // 2
+        crop.append(slice(start, start + size))
+    return x[(..., *crop)]
 
 
 def pad_to_multiple(
-    x: torch.Tensor, multiple: int, minimum: int = 1, always: bool = False
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (B, C, H, W) on the bottom/right so H and W become multiples of ``multiple``
-    (and at least ``minimum``). ``always`` pads even by zero pixels, so that a traced
-    export keeps the padding step for the sizes that do need it.
+    x: torch.Tensor, multiple: Size, minimum: Size = 1, always: bool = False, dims: int = 2
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad the last ``dims`` dimensions on the far side (bottom/right, and back in 3D) so
+    each becomes a multiple of ``multiple`` (and at least ``minimum``); both take one value
+    for every axis or one per axis (a tuple of ``dims`` values). ``always`` pads even by
+    zero pixels, so that a traced export keeps the padding step for the sizes that do need
+    it.
 
     Edge pixels are replicated rather than zero-filled so the padded band looks like
     image, not like a dark frame; replication also works when the padding is wider than
-    the image (reflection does not). Returns the padded tensor and the original (H, W).
+    the image (reflection does not). Returns the padded tensor and the original sizes:
+    (H, W) of (B, C, H, W) for ``dims=2``, (D, H, W) of (B, C, D, H, W) for ``dims=3``.
     """
-    height, width = x.shape[-2], x.shape[-1]
-    pad_h = max((multiple - height % multiple) % multiple, minimum - height)
-    pad_w = max((multiple - width % multiple) % multiple, minimum - width)
-    if always or pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x, (height, width)
+    multiples = per_axis(multiple, dims, "multiple")
+    minimums = per_axis(minimum, dims, "minimum")
+    sizes = tuple(x.shape[-dims:])
+    pads = [max((m - s % m) % m, low - s) for s, m, low in zip(sizes, multiples, minimums)]
+    if always or any(pads):
+        # F.pad lists the last dimension first: (0, pad_w, 0, pad_h[, 0, pad_d])
+        x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)], mode="replicate")
+    return x, sizes
+
+
+def per_axis(value: Size, dims: int, name: str = "size") -> tuple[int, ...]:
+    """``value`` for each of ``dims`` axes: an int repeated, or a tuple of ``dims`` values."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * dims
+    values = tuple(int(v) for v in value)
+    if len(values) != dims:
+        raise ValueError(f"{name} needs {dims} values (one per axis), got {value!r}")
+    return values
 
 
 def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
@@ -130,11 +164,13 @@ def init_kaiming(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
-    """Raise a readable ValueError instead of a convolution stack trace."""
-    if x.ndim != 4:
+def check_input(x: torch.Tensor, in_channels: int, name: str, dims: int = 2) -> None:
+    """Raise a readable ValueError instead of a convolution stack trace: ``x`` must be
+    (B, in_channels, H, W) for ``dims=2``, (B, in_channels, D, H, W) for ``dims=3``."""
+    if x.ndim != dims + 2:
+        axes = ", ".join(AXIS_NAMES[check_dims(dims)])
         raise ValueError(
-            f"{name} expects a 4-D tensor (batch, {in_channels}, height, width), "
+            f"{name} expects a {dims + 2}-D tensor (batch, {in_channels}, {axes}), "
             f"got shape {tuple(x.shape)}"
         )
     if x.shape[1] != in_channels:

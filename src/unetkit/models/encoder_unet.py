@@ -8,6 +8,7 @@ from torch import nn
 
 from .blocks import DoubleConv, check_input, init_kaiming, pad_to_multiple
 from .encoders import Encoder
+from .layers import CONV, check_dims
 
 __all__ = ["EncoderUNet", "DecoderBlock"]
 
@@ -15,12 +16,13 @@ __all__ = ["EncoderUNet", "DecoderBlock"]
 class DecoderBlock(nn.Module):
     """Upsample x2 (nearest), concatenate the skip (if any), two 3x3 conv + BN + ReLU.
 
-    (B, in_ch, h, w) and skip (B, skip_ch, 2h, 2w) -> (B, out_ch, 2h, 2w).
+    (B, in_ch, h, w) and skip (B, skip_ch, 2h, 2w) -> (B, out_ch, 2h, 2w); with ``dims=3``
+    (B, in_ch, d, h, w) -> (B, out_ch, 2d, 2h, 2w) through 3x3x3 convolutions.
     """
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, dims: int = 2):
         super().__init__()
-        self.conv = DoubleConv(in_ch + skip_ch, out_ch, padding=1, norm="batch")
+        self.conv = DoubleConv(in_ch + skip_ch, out_ch, padding=1, norm="batch", dims=dims)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -44,7 +46,9 @@ class EncoderUNet(nn.Module):
 
     Input (B, in_channels, H, W) of ANY size; output logits (B, num_classes, H, W): the
     input is padded internally (edge replication) to a multiple of the encoder's
-    ``size_multiple`` and the output cropped back.
+    ``size_multiple`` and the output cropped back. An encoder with ``spatial_dims = 3``
+    (e.g. ``ResNet(spatial_dims=3)``) makes the whole network 3D: (B, in_channels, D, H, W)
+    -> (B, num_classes, D, H, W), the decoder upsampling x2 along every axis.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int = 1,
@@ -59,6 +63,8 @@ class EncoderUNet(nn.Module):
             raise ValueError(f"decoder_channels needs {stages} values, got {decoder_channels}")
         self.in_channels = encoder.in_channels
         self.num_classes = num_classes
+        #: 2 or 3: the encoder's (an encoder without ``spatial_dims`` is 2D)
+        self.spatial_dims = dims = check_dims(getattr(encoder, "spatial_dims", 2))
         #: sides that need no internal padding
         self.size_multiple = int(encoder.size_multiple)
         self.encoder = encoder
@@ -66,10 +72,10 @@ class EncoderUNet(nn.Module):
         skips = list(reversed(channels[:-1])) + [0]  # strides 2**(n-1) .. 2, then none
         blocks, prev = [], channels[-1]
         for skip_ch, out_ch in zip(skips, decoder_channels):
-            blocks.append(DecoderBlock(prev, skip_ch, out_ch))
+            blocks.append(DecoderBlock(prev, skip_ch, out_ch, dims))
             prev = out_ch
         self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(prev, num_classes, kernel_size=1)
+        self.head = CONV[dims](prev, num_classes, kernel_size=1)
         init_kaiming(self.decoder)
         init_kaiming(self.head)
         self.freeze_encoder = freeze_encoder
@@ -84,11 +90,11 @@ class EncoderUNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, type(self).__name__)
-        x, (height, width) = pad_to_multiple(x, self.size_multiple)
+        check_input(x, self.in_channels, type(self).__name__, self.spatial_dims)
+        x, sizes = pad_to_multiple(x, self.size_multiple, dims=self.spatial_dims)
         feats = self.encoder.features(x)
         x = feats[-1]
         skips = list(reversed(feats[:-1])) + [None]
         for block, skip in zip(self.decoder, skips):
             x = block(x, skip)
-        return self.head(x)[..., :height, :width]
+        return self.head(x)[(..., *(slice(0, s) for s in sizes))]

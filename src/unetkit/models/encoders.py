@@ -7,6 +7,7 @@ trains a U-Net decoder on it (see :class:`~unetkit.models.encoder_unet.EncoderUN
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ class Encoder(Protocol):
     ``feature_channels[i]`` channels and stride ``2 ** (i + 1)`` (H / 2 ... H / 2**n), so
     ``size_multiple`` is at least ``2 ** len(feature_channels)``. The decoder upsamples x2
     per stage.
+
+    Optional: ``spatial_dims = 3`` for an encoder of volumes ((B, C, D, H, W), x2 along
+    every axis per stage); without it an encoder is 2D. A registered encoder class that
+    takes a ``spatial_dims`` argument can be built for either (``--spatial-dims``).
     """
 
     in_channels: int
@@ -60,13 +65,26 @@ class PretrainedEncoder(Encoder, Protocol):
 
 @dataclass(frozen=True)
 class EncoderEntry:
-    """How to build a registered encoder: ``cls(in_channels=..., **kwargs)``."""
+    """How to build a registered encoder: ``cls(in_channels=..., **kwargs)`` (and
+    ``spatial_dims=3`` for volumes)."""
 
     cls: type[nn.Module]
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, in_channels: int) -> nn.Module:
-        return self.cls(in_channels=in_channels, **self.kwargs)
+    def build(self, in_channels: int, spatial_dims: int = 2) -> nn.Module:
+        if spatial_dims == 2:  # 2D encoders need not know the argument
+            return self.cls(in_channels=in_channels, **self.kwargs)
+        return self.cls(in_channels=in_channels, spatial_dims=spatial_dims, **self.kwargs)
+
+    @property
+    def takes_spatial_dims(self) -> bool:
+        """Whether the class can be built for volumes (takes ``spatial_dims``)."""
+        try:
+            params = inspect.signature(self.cls).parameters
+        except (TypeError, ValueError):
+            return False
+        return "spatial_dims" in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
     @property
     def normalization(self) -> Stats | None:
@@ -89,10 +107,12 @@ def encoder_entry(name: str) -> EncoderEntry:
 
 
 def build_encoder(name: str, in_channels: int,
-                  pretrained: bool | str | os.PathLike = False) -> nn.Module:
+                  pretrained: bool | str | os.PathLike = False,
+                  spatial_dims: int = 2) -> nn.Module:
     """The encoder ``name`` for ``in_channels`` channels, with pretrained weights loaded
-    (``pretrained``: False, True for the encoder's default file, or a path)."""
-    encoder = encoder_entry(name).build(in_channels)
+    (``pretrained``: False, True for the encoder's default file, or a path); for
+    ``spatial_dims`` 2 (images) or 3 (volumes)."""
+    encoder = encoder_entry(name).build(in_channels, spatial_dims)
     if pretrained:
         if not isinstance(encoder, PretrainedEncoder):
             raise ValueError(f"encoder {name!r} has no pretrained weights (no load_pretrained)")

@@ -16,6 +16,8 @@ import re
 import torch
 from torch import nn
 
+from .layers import BATCH_NORM, CONV
+
 __all__ = ["fold_batchnorm", "fold_conv_bn"]
 
 # Attribute pairs such as ``conv1``/``bn1`` (torchvision ResNet blocks and the ResNet stem):
@@ -24,9 +26,10 @@ _CONV_NAME = re.compile(r"conv(\d*)")
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    dims = next((d for d, cls in CONV.items() if type(conv) is cls), None)  # 2D or 3D
     return (
-        type(conv) is nn.Conv2d
-        and isinstance(bn, nn.BatchNorm2d)
+        dims is not None
+        and isinstance(bn, BATCH_NORM[dims])
         # Without running statistics BatchNorm uses the batch's own statistics even in
         # eval mode: not a fixed affine map, so it cannot be folded.
         and bn.track_running_stats
@@ -85,7 +88,8 @@ def _fold_children(module: nn.Module) -> int:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference with every foldable BatchNorm2d folded away.
+    """A copy of ``model`` for inference with every foldable BatchNorm2d folded away
+    (BatchNorm3d after a Conv3d likewise, in 3D networks).
 
     Folded: a BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` (the
     U-Net's ``ConvNormReLU``, ResNet's ``downsample``), and ``bnN`` attributes paired with a

@@ -47,17 +47,33 @@ def encoder_name(cfg: ModelConfig) -> str:
 
 def check_model(cfg: ModelConfig) -> None:
     """Raise SettingError (``--arch X: expected one of unet, resnet_unet``) for an unknown
-    architecture or encoder name, or pretrained weights the encoder cannot load."""
+    architecture or encoder name, pretrained weights the encoder cannot load (none exist
+    in 3D), or a spacing that does not give one value per spatial axis."""
     if cfg.arch not in ARCHITECTURES:
         raise setting_error("model", "arch", cfg.arch, "one of " + known(ARCHITECTURES))
+    if cfg.spacing and len(cfg.spacing) != cfg.spatial_dims:
+        raise setting_error("model", "spacing", tuple(cfg.spacing),
+                            f"{cfg.spatial_dims} values, one per axis (--spatial-dims "
+                            f"{cfg.spatial_dims}), or none for isotropic voxels")
     if not ARCHITECTURES[cfg.arch].uses_encoder:
         return
     name = encoder_name(cfg)
     if name not in ENCODERS:
         raise setting_error("model", "encoder", cfg.encoder, "one of " + known(ENCODERS))
+    if cfg.pretrained and cfg.spatial_dims != 2:
+        raise setting_error("model", "pretrained", cfg.pretrained,
+                            f"false: no ImageNet weights exist for {cfg.spatial_dims}D "
+                            f"(--spatial-dims {cfg.spatial_dims})")
     if cfg.pretrained and not hasattr(ENCODERS[name].cls, "load_pretrained"):
         raise setting_error("model", "pretrained", cfg.pretrained,
                             f"false: encoder {name} has no pretrained weights")
+    if cfg.spatial_dims != 2 and not ENCODERS[name].takes_spatial_dims:
+        raise setting_error("model", "spatial_dims", cfg.spatial_dims,
+                            f"2: encoder {name} is 2D only (it takes no spatial_dims)")
+    if cfg.spacing and any(s != cfg.spacing[0] for s in cfg.spacing):
+        raise setting_error("model", "spacing", tuple(cfg.spacing),
+                            f"none or isotropic for --arch {cfg.arch}: its encoder "
+                            "downsamples every axis alike (anisotropic planning: --arch unet)")
     _check_decoder(cfg, name)
 
 
@@ -65,7 +81,8 @@ def _check_decoder(cfg: ModelConfig, name: str) -> None:
     """One decoder width per encoder stage. The encoder is built on the "meta" device,
     which allocates nothing, just to count its stages before any data is read."""
     with torch.device("meta"):
-        stages = len(encoder_entry(name).build(cfg.in_channels).feature_channels)
+        encoder = encoder_entry(name).build(cfg.in_channels, cfg.spatial_dims)
+        stages = len(encoder.feature_channels)
     if len(cfg.decoder_channels) != stages:
         raise setting_error("model", "decoder_channels", tuple(cfg.decoder_channels),
                             f"{stages} values, one per stage of encoder {name}")
@@ -104,6 +121,7 @@ def _unet(cfg: ModelConfig, load_pretrained: bool) -> nn.Module:
     return UNet(
         cfg.in_channels, cfg.out_channels, features=cfg.features, depth=cfg.depth,
         padding=cfg.padding, upsample=cfg.upsample, norm=cfg.norm, dropout=cfg.dropout,
+        spatial_dims=cfg.spatial_dims, spacing=cfg.spacing or None,
     )
 
 
@@ -111,6 +129,7 @@ def _unet(cfg: ModelConfig, load_pretrained: bool) -> nn.Module:
 def _encoder_unet(cfg: ModelConfig, load_pretrained: bool) -> nn.Module:
     """U-Net decoder on the named encoder (a ResNet unless ``model.encoder`` says else)."""
     name = encoder_name(cfg)
-    encoder = build_encoder(name, cfg.in_channels, cfg.pretrained if load_pretrained else False)
+    encoder = build_encoder(name, cfg.in_channels, cfg.pretrained if load_pretrained else False,
+                            spatial_dims=cfg.spatial_dims)
     return EncoderUNet(encoder, cfg.out_channels, tuple(cfg.decoder_channels),
                        cfg.freeze_encoder)

@@ -29,10 +29,14 @@ class ResNetUNet(EncoderUNet):
         decoder_channels: output channels of the five decoder stages, deepest first.
         freeze_encoder: do not train the encoder; its BatchNorm statistics also stay fixed
             (the encoder stays in eval mode even in ``model.train()``).
+        spatial_dims: 2 for images; 3 for volumes (a 3D ResNet with isotropic strides, see
+            :class:`ResNet`; ``pretrained`` must then be False: no ImageNet weights exist
+            for 3D).
 
     Input (B, in_channels, H, W) of ANY size; output logits (B, num_classes, H, W). The
     encoder halves the resolution five times, so the input is padded internally (edge
-    replication) to a multiple of 32 and the output cropped back.
+    replication) to a multiple of 32 and the output cropped back. In 3D:
+    (B, in_channels, D, H, W) -> (B, num_classes, D, H, W), likewise.
     """
 
     def __init__(
@@ -43,10 +47,13 @@ class ResNetUNet(EncoderUNet):
         in_channels: int = 3,
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         freeze_encoder: bool = False,
+        *,
+        spatial_dims: int = 2,
     ):
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 values, got {decoder_channels}")
-        encoder = ResNet(depth, in_channels=in_channels, num_classes=None)
+        encoder = ResNet(depth, in_channels=in_channels, num_classes=None,
+                         spatial_dims=spatial_dims)
         if pretrained:
             encoder.load_pretrained(pretrained)
         super().__init__(encoder, num_classes, decoder_channels, freeze_encoder)
