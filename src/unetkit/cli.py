@@ -32,7 +32,8 @@ from .errors import UserError
 from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
 
 # Set from the data (image channels, number of classes), not by the user.
-DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("data", "context")}
+DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("model", "spacing"),
+           ("data", "context")}
 # Errors that are the user's to fix: printed as one line with exit code 2 (no traceback
 # unless --debug or UNETKIT_DEBUG=1). DataError, SettingError and CheckpointError are
 # ValueErrors; WriteError, DivergenceError and ExportError are UserErrors.
@@ -194,6 +195,13 @@ def read_config_file(path: str) -> dict:
 
 
 # -- commands -------------------------------------------------------------------------
+def volume_data(config: Config) -> bool:
+    """Volumes train with the settings given: the plan's rules are for images so far."""
+    from .data.volume_folder import is_volume_data
+
+    return config.model.spatial_dims == 3 or is_volume_data(config.data)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.monotonic()  # a budget counts from here: planning is part of it
     from .training import prepare_config, train
@@ -202,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepare_config(config)  # a bad setting is refused before any planning or reading
     explicit = explicit_settings(args)
     plan = None
-    if wants_plan(args, explicit):
+    if wants_plan(args, explicit) and not volume_data(config):
         from .plan import format_plan, make_plan
 
         config, made = make_plan(config, explicit, config.train.time, started)
@@ -232,6 +240,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_files
 
     check_tiling_flags(args)
+    if _volume_checkpoint(args.checkpoint):
+        return _predict_volumes(args)
     result = predict_files(
         args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, autocast=args.precision,
@@ -245,11 +255,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+def _volume_checkpoint(checkpoint: str) -> bool:
+    from .checkpoint import load_config
+
+    return load_config(checkpoint).model.spatial_dims == 3
+
+
+def _predict_volumes(args: argparse.Namespace) -> int:
+    from .volume_predict import predict_volume_files
+
+    result = predict_volume_files(
+        args.checkpoint, args.inputs, args.out, overlap=args.overlap,
+        batch_size=args.batch_size, tta=args.tta, precision=args.precision,
+        save_probabilities=bool(args.probabilities), device=args.device,
+        progress=not args.quiet)
+    print(f"wrote {len(result['written'])} label volume(s) to {result['out_dir']}"
+          + (f"; {len(result['failed'])} file(s) failed (listed above)"
+             if result["failed"] else ""))
+    return 1 if result["failed"] else 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, format_table
 
     check_tiling_flags(args)
     csv_path = args.csv or str(_default_evaluation_csv(Path(args.checkpoint)))
+    if _volume_checkpoint(args.checkpoint):
+        from .volume_predict import evaluate_volumes, format_volume_table
+
+        summary = evaluate_volumes(args.checkpoint, args.data, csv_path, hausdorff=True,
+                                   overlap=args.overlap, batch_size=args.batch_size,
+                                   tta=args.tta, precision=args.precision,
+                                   device=args.device, progress=not args.quiet)
+        print(format_volume_table(summary))
+        print(f"per-volume scores: {csv_path}")
+        return 1 if summary["failed"] else 0
     summary = evaluate_folder(
         args.checkpoint, args.data, out_csv=csv_path, hausdorff=args.hausdorff,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
@@ -310,6 +350,13 @@ def _add_object_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
     from .data.synthetic import write_demo_data
+
+    if args.volumes:
+        from .data.synthetic_volumes import write_demo_volumes
+
+        path = write_demo_volumes(args.directory, count=args.count, seed=args.seed)
+        print(f"wrote {args.count} demo volumes (NIfTI) with masks to {path}")
+        return 0
 
     path = write_demo_data(args.directory, count=args.count, size=args.size, seed=args.seed,
                            multiclass=args.multiclass)
@@ -462,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multiclass", action="store_true",
                    help="background + 3 object classes instead of binary nuclei")
+    p.add_argument("--volumes", action="store_true",
+                   help="3D: NIfTI volumes of nuclei-like blobs (24 x 96 x 96 voxels, "
+                   "spacing 3 x 1 x 1) in images/ and masks/; --size is not used")
     p.set_defaults(func=cmd_make_demo_data)
     return parser
 

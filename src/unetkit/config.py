@@ -149,7 +149,8 @@ class ModelConfig(_Checked):
     arch: str = "unet"  # unet or resnet_unet (a U-Net decoder on --encoder)
     in_channels: int = setting(1, ge=1)
     out_channels: int = setting(1, ge=1)
-    spatial_dims: int = setting(2, choices=(2, 3))  # 2 for images, 3 for volumes
+    # 2 for images, 3 for volumes; volume data (NIfTI, 3D arrays, the volumes demo) set 3
+    spatial_dims: int = setting(2, choices=(2, 3))
     # Stored in config.json, so a checkpoint rebuilds the same network. Anisotropic: per-stage
     # pooling and kernel sizes by nnU-Net's rule (unetkit.models.anisotropy; arch unet).
     spacing: tuple[float, ...] = setting((), gt=0)  # voxel size (z, y, x) to plan for; () isotropic

@@ -58,6 +58,7 @@ from .console import announce, report_end, report_epoch
 from .data.folder import build_datasets, make_loader
 from .data.transforms import Augmenter
 from .data.transforms3d import Augmenter3D
+from .data.volume_folder import is_volume_data
 from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
 from .losses import build_loss
@@ -375,12 +376,26 @@ def build_data(config: Config):
     imagenet = stats == (IMAGENET_MEAN, IMAGENET_STD)
     if stats is not None and not imagenet and data.normalize == "auto":
         data = dataclasses.replace(data, normalize="dataset", mean=stats[0], std=stats[1])
-    train_ds, val_ds, data_cfg = build_datasets(data, config.train.seed, pretrained=imagenet)
+    volumes = config.model.spatial_dims == 3 or is_volume_data(data)
+    train_ds, val_ds, data_cfg = build_datasets(data, config.train.seed, pretrained=imagenet,
+                                                volumes=volumes)
     # Names for reports, predictions and exports (an instance model's are its own classes).
     if data_cfg.task == "instances" or not data_cfg.class_names:
         data_cfg = dataclasses.replace(data_cfg, class_names=tuple(class_names_of(data_cfg)))
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
+    if volumes:
+        model_cfg = volume_model(model_cfg, data_cfg.spacing)
     return train_ds, val_ds, dataclasses.replace(config, data=data_cfg, model=model_cfg)
+
+
+def volume_model(model: ModelConfig, spacing: tuple[float, ...]) -> ModelConfig:
+    """The model config for volumes: 3D, and a U-Net planned for the data's voxel spacing
+    (the ResNet encoder pools every axis alike, so it gets none)."""
+    if model.padding == "valid":
+        raise setting_error("model", "padding", "valid", "same for volumes (3D training "
+                            "crops do not extend by the valid margin yet)")
+    return dataclasses.replace(model, spatial_dims=3,
+                               spacing=tuple(spacing) if model.arch == "unet" else ())
 
 
 def place_model(config: Config, rt: Runtime, resume_from: Path | None
@@ -485,10 +500,8 @@ def training_step(run: Run, batch: dict, epoch: int, step: int) -> torch.Tensor 
     with rt.autocast():
         logits = run.step_model(image)
     # Valid padding: the output is the centre of the input, so is the target.
-    target, weight = batch["mask"], batch["weight"]
-    if target.shape[-2:] != logits.shape[-2:]:
-        target = center_crop(target, *logits.shape[-2:])
-        weight = center_crop(weight, *logits.shape[-2:])
+    target = center_crop(batch["mask"], *logits.shape[2:])
+    weight = center_crop(batch["weight"], *logits.shape[2:])
     loss = run.criterion(logits.float(), target, weight)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()

@@ -87,7 +87,8 @@ def _normalisation(cfg: DataConfig, train_items: Sequence[Item], channels: int
     return compute_stats(train_items)
 
 
-def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False
+def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False,
+                   volumes: bool | None = None
                    ) -> tuple[SegmentationDataset, SegmentationDataset, DataConfig]:
     """(train dataset, validation dataset, cfg with mean/std filled in).
 
@@ -97,11 +98,12 @@ def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False
     "dataset"; the returned cfg holds the resolved mode. With "dataset", mean/std come from
     the training images unless cfg already holds values for the right number of channels;
     "imagenet" uses the ImageNet statistics (their average for 1-channel images).
-    ``cfg`` itself is not changed.
+    ``cfg`` itself is not changed. Volumes (``volumes``, or None: when the data are
+    volumes) go to :func:`unetkit.data.volume_folder.build_volume_datasets`.
     """
     from unetkit.data.volume_folder import build_volume_datasets, is_volume_data
 
-    if is_volume_data(cfg):
+    if volumes or (volumes is None and is_volume_data(cfg)):
         return build_volume_datasets(cfg, seed)
     _check_config(cfg)
     if cfg.normalize == "auto":

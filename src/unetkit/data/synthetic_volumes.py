@@ -8,6 +8,8 @@ voxel spacing (z, y, x) in micrometres; the same seed gives the same volumes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 
@@ -49,3 +51,23 @@ def make_demo_volumes(count: int, seed: int = 0, shape: tuple[int, int, int] = D
     """``count`` volumes from one seed: [(image (1, D, H, W), mask (D, H, W)), ...]."""
     rng = np.random.default_rng(seed)
     return [make_volume(rng, shape, spacing) for _ in range(count)]
+
+
+def write_demo_volumes(directory: str | Path, count: int = 24, seed: int = 0) -> Path:
+    """The 3D demo as NIfTI files, DIR/images/vol_NNN.nii.gz + DIR/masks/vol_NNN.nii.gz,
+    with the voxel spacing in the header (affine diag(x, y, z spacing)): what a scanner's
+    export looks like, for trying `unetkit train/predict/evaluate` on files."""
+    from unetkit.data.volumes import _nibabel
+    from unetkit.errors import writing
+
+    root = Path(directory)
+    nib = _nibabel(root / "images", "writing")
+    affine = np.diag([*reversed(DEMO_SPACING), 1.0])  # NIfTI voxel axes are (x, y, z)
+    for i, (image, mask) in enumerate(make_demo_volumes(count, seed)):
+        for sub, array in (("images", image[0]), ("masks", mask)):
+            path = root / sub / f"vol_{i:03d}.nii.gz"
+            with writing("demo volume", path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)),
+                                         affine), str(path))
+    return root

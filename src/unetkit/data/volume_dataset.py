@@ -47,14 +47,17 @@ class VolumeItem:
         return self._cache
 
 
-def patch_shape(cfg: DataConfig, spacing: Sequence[float]) -> tuple[int, int, int]:
+def patch_shape(cfg: DataConfig, spacing: Sequence[float],
+                shape: Sequence[int] | None = None) -> tuple[int, int, int]:
     """(d, h, w) of a training patch: ``patch_size`` in-plane and ``patch_depth`` slices, or
-    as many slices as cover the same physical extent (at least 8, a multiple of 4)."""
-    if cfg.patch_depth is not None:
-        return cfg.patch_depth, cfg.patch_size, cfg.patch_size
+    as many slices as cover the same physical extent (at least 8, a multiple of 4). With
+    the typical volume ``shape``, no side is larger than the volume's (a multiple of 4)."""
     z, y = (spacing[0], spacing[1]) if spacing else (1.0, 1.0)
-    depth = max(8, int(round(cfg.patch_size * y / z / 4)) * 4)
-    return depth, cfg.patch_size, cfg.patch_size
+    depth = cfg.patch_depth or max(8, int(round(cfg.patch_size * y / z / 4)) * 4)
+    patch = (depth, cfg.patch_size, cfg.patch_size)
+    if shape is not None and cfg.patch_depth is None:
+        patch = tuple(min(p, max(4, s // 4 * 4)) for p, s in zip(patch, shape))
+    return patch
 
 
 class VolumeDataset(Dataset):

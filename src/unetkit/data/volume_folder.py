@@ -93,6 +93,9 @@ def build_volume_datasets(cfg: DataConfig, seed: int
     cfg = _normalisation(dataclasses.replace(cfg, spacing=spacing), train)
     if not cfg.class_names and cfg.root is None:
         cfg = dataclasses.replace(cfg, class_names=("background", "nucleus"))
-    patch = patch_shape(cfg, spacing)
+    typical = np.median([item.load()[1].shape for item in train], axis=0)
+    patch = patch_shape(cfg, spacing, tuple(int(s) for s in typical))
+    # the patch is also the tile of validation and prediction: stored with the model
+    cfg = dataclasses.replace(cfg, patch_depth=patch[0], patch_size=patch[1])
     return (VolumeDataset(train, cfg, True, patch, seed),
             VolumeDataset(val, cfg, False, patch, seed), cfg)
