@@ -181,3 +181,31 @@ def outline_objects(image: np.ndarray, labels: np.ndarray, count_text: bool = Tr
     draw.rectangle((0, 0, right + 2, bottom + 2), fill=(0, 0, 0))
     draw.text((3, 2), text, fill=(255, 255, 255))
     return np.asarray(picture, dtype=np.uint8).copy()
+
+
+def plot_orthogonal(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                    path: str | Path, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                    title: str = "") -> Path:
+    """Three orthogonal slices (axial, coronal, sagittal) through the centre of the truth's
+    foreground, the truth filled and the prediction's outline drawn on top. image (C, D,
+    H, W), truth and pred (D, H, W); ``spacing`` (z, y, x) keeps the aspect physical."""
+    plt = _pyplot()
+    from .instances import object_boundaries
+
+    z, y, x = (int(round(c)) for c in (np.argwhere(truth > 0).mean(axis=0) if truth.any()
+                                       else np.array(truth.shape) / 2))
+    views = (("axial (z)", (slice(None), z), spacing[1] / spacing[2]),
+             ("coronal (y)", (slice(None), slice(None), y), spacing[0] / spacing[2]),
+             ("sagittal (x)", (slice(None), slice(None), slice(None), x),
+              spacing[0] / spacing[1]))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    for ax, (name, index, aspect) in zip(axes, views):
+        rgb = overlay(image[index], truth[index[1:]])
+        edge = object_boundaries(pred[index[1:]].astype(np.int64), 1)
+        rgb = np.where(edge[..., None], np.array([0.84, 0.0, 0.0]), rgb)
+        ax.imshow(rgb, aspect=aspect, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title or "truth filled, prediction outlined (red)")
+    _save_figure(fig, path, "orthogonal slices", dpi=90)
+    return Path(path)
