@@ -78,3 +78,21 @@ def test_valid_padding_is_refused_for_volumes(volume_folder, tmp_path, capsys):
     assert main(["train", "--data", str(data), *TINY, "--padding", "valid",
                  "--patch-size", "188", "--out", str(tmp_path / "r")]) == 2
     assert "--padding valid: expected same for volumes" in capsys.readouterr().err
+
+
+def test_bad_volumes_are_reported_together_before_training(volume_folder, tmp_path, capsys):
+    data, affine = volume_folder
+    bad = np.zeros((8, 20, 20), np.uint8)
+    bad[0, 0, 0] = 7  # not a class of a binary task
+    _write(data / "masks" / "case1.nii.gz", bad, affine)
+    _write(data / "masks" / "case3.nii.gz", bad, affine)
+    assert main(["train", "--data", str(data), *TINY, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    # the masks' values: every bad file named in one message, before anything is written
+    assert "2 of 4 volume(s) cannot be used" in err
+    assert "case1.nii.gz" in err and "case3.nii.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    # shapes are compared from the headers, all pairs at once
+    _write(data / "masks" / "case2.nii.gz", np.zeros((8, 20, 21), np.uint8), affine)
+    assert main(["train", "--data", str(data), *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert "case2.nii.gz: mask is 8x20x21 but its image" in capsys.readouterr().err

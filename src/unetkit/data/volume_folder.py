@@ -55,6 +55,21 @@ def volume_items(cfg: DataConfig) -> list[VolumeItem]:
     return items
 
 
+def preflight_volumes(items: list[VolumeItem]) -> None:
+    """Read every volume and mask once (they stay cached for training) and report every
+    problem together, as the 2D preflight does: bad mask values, shape mismatches,
+    unreadable files."""
+    problems = []
+    for item in items:
+        try:
+            item.load()
+        except (DataError, ValueError, OSError) as err:
+            problems.append(str(err))
+    if problems:
+        raise DataError(f"{len(problems)} of {len(items)} volume(s) cannot be used:\n  "
+                        + "\n  ".join(problems))
+
+
 def _normalisation(cfg: DataConfig, train: list[VolumeItem]) -> DataConfig:
     """normalize "auto" as nnU-Net decides: "ct" (clip to the training foreground's
     percentiles, then its mean/std) for Hounsfield units, else "per_image" z-scores."""
@@ -87,7 +102,10 @@ def build_volume_datasets(cfg: DataConfig, seed: int
     filled in). The spacing is the training volumes' median (z, y, x)."""
     if cfg.task != "semantic":
         raise DataError(f"task {cfg.task!r} is 2D only; volumes train the semantic task")
-    train, val = split_items(volume_items(cfg), cfg.val_fraction, seed)
+    items = volume_items(cfg)
+    if cfg.root is not None:
+        preflight_volumes(items)
+    train, val = split_items(items, cfg.val_fraction, seed)
     spacing = cfg.spacing or tuple(float(s) for s in np.median(
         [item.spacing for item in train], axis=0))
     cfg = _normalisation(dataclasses.replace(cfg, spacing=spacing), train)
