@@ -73,11 +73,27 @@ def test_make_demo_data_volumes_writes_nifti_with_spacing(tmp_path):
     assert (tmp_path / "v" / "masks" / "vol_001.nii.gz").is_file()
 
 
-def test_valid_padding_is_refused_for_volumes(volume_folder, tmp_path, capsys):
-    data, _ = volume_folder
+def test_valid_padding_trains_and_predicts_every_voxel(volume_folder, tmp_path):
+    """The paper's overlap-tile in 3D: the patch is rounded up per axis to a size the
+    valid network takes, volumes are mirrored by its margins, and prediction covers every
+    voxel of the input grid."""
+    data, affine = volume_folder
+    out = tmp_path / "valid"
     assert main(["train", "--data", str(data), *TINY, "--padding", "valid",
-                 "--patch-size", "188", "--out", str(tmp_path / "r")]) == 2
-    assert "--padding valid: expected same for volumes" in capsys.readouterr().err
+                 "--patch-size", "20", "--out", str(out)]) == 0
+    config = load_config(out / "checkpoints" / "best")
+    assert config.model.padding == "valid" and config.model.spatial_dims == 3
+    from unetkit.models.registry import build_model
+
+    net = build_model(config.model, load_pretrained=False)
+    patch = (config.data.patch_depth, config.data.patch_size, config.data.patch_size)
+    assert net.output_shape(patch) is not None  # a size the network takes
+    assert net.valid_input_at_least(patch) == patch
+    pred = tmp_path / "pred"
+    assert main(["predict", str(data / "images" / "case3.nii.gz"), "--checkpoint",
+                 str(out / "checkpoints" / "last"), "--out", str(pred), "--quiet"]) == 0
+    written = nib.load(pred / "case3.nii.gz")
+    assert written.shape == (20, 20, 8) and np.allclose(written.affine, affine)
 
 
 def test_bad_volumes_are_reported_together_before_training(volume_folder, tmp_path, capsys):

@@ -162,3 +162,32 @@ def test_demo_volume_datasets(normalize):
     assert cfg.normalize == normalize and cfg.spacing == (3.0, 1.0, 1.0)
     assert train.patch == (12, 32, 32) and len(train) + len(val) == 4
     assert train[0]["image"].shape == (1, 12, 32, 32)
+
+
+def test_valid_padding_tiles_mirror_the_volume_by_the_margin():
+    from unetkit.models import UNet
+
+    torch.manual_seed(0)
+    net = UNet(1, 2, features=2, depth=1, padding="valid", spatial_dims=3).eval()
+    # depth 1: 2 convolutions before and 2 after the pooling lose 2 + 2 * 2 + 2 = 8 voxels
+    assert net.margins() == (8, 8, 8)
+    tile = net.valid_input_at_least((40, 40, 40))
+    out_tile = net.output_shape(tile)
+    volume = torch.randn(1, 1, *out_tile)  # exactly one output tile: one forward
+    mirrored = torch.nn.functional.pad(volume, (8,) * 6, mode="reflect")
+    with torch.no_grad():
+        expected = net(mirrored)
+    got = sliding_window(net, volume, tile)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    # larger volumes: every voxel predicted, the input grid kept
+    assert sliding_window(net, torch.randn(1, 1, 23, 30, 17), tile).shape == (1, 2, 23, 30, 17)
+
+
+def test_valid_context_mirrors_volumes_before_cropping():
+    mask = np.zeros((6, 10, 10), np.int64)
+    mask[2:4, 3:7, 3:7] = 1
+    ds = VolumeDataset([_item("a", mask)], DataConfig(normalize="none"), True, (10, 14, 14))
+    ds.context = (2, 2, 2)
+    sample = ds[0]
+    # a 10 x 14 x 14 input from a 6 x 10 x 10 volume mirrored by 2 voxels on every side
+    assert sample["image"].shape == (1, 10, 14, 14) and sample["mask"].sum() == mask.sum()

@@ -47,6 +47,7 @@ from .config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Config,
+    DataConfig,
     ModelConfig,
     class_names_of,
     format_duration,
@@ -144,6 +145,9 @@ def prepare_config(config: Config) -> Config:
     check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
     data = with_demo_classes(data)
     model = dataclasses.replace(model, out_channels=logit_channels(target_classes(data)))
+    if model.padding == "valid" and (model.spatial_dims == 3 or is_volume_data(data)):
+        # volumes: the patch is rounded per axis once the spacing is known (build_data)
+        return dataclasses.replace(config, data=data, model=model)
     smallest, why = _smallest_patch(model)
     if data.patch_size < smallest:
         raise setting_error("data", "patch_size", data.patch_size, f">= {smallest} ({why})")
@@ -385,17 +389,27 @@ def build_data(config: Config):
     model_cfg = dataclasses.replace(config.model, in_channels=train_ds.num_channels)
     if volumes:
         model_cfg = volume_model(model_cfg, data_cfg.spacing)
+        if model_cfg.padding == "valid":
+            data_cfg = valid_volume_patch(model_cfg, data_cfg, train_ds)
     return train_ds, val_ds, dataclasses.replace(config, data=data_cfg, model=model_cfg)
 
 
 def volume_model(model: ModelConfig, spacing: tuple[float, ...]) -> ModelConfig:
     """The model config for volumes: 3D, and a U-Net planned for the data's voxel spacing
     (the ResNet encoder pools every axis alike, so it gets none)."""
-    if model.padding == "valid":
-        raise setting_error("model", "padding", "valid", "same for volumes (3D training "
-                            "crops do not extend by the valid margin yet)")
     return dataclasses.replace(model, spatial_dims=3,
                                spacing=tuple(spacing) if model.arch == "unet" else ())
+
+
+def valid_volume_patch(model: ModelConfig, data: DataConfig, train_ds) -> DataConfig:
+    """Valid padding in 3D, as the paper's overlap-tile in 2D: the patch (the network's
+    input) rounded up per axis to a size the network takes, and the volumes mirrored by
+    the network's margin so that its output reaches every voxel, borders included."""
+    with torch.device("meta"):
+        net = build_model(model, load_pretrained=False)
+    patch = net.valid_input_at_least(train_ds.patch)
+    train_ds.patch, train_ds.context = patch, net.margins()
+    return dataclasses.replace(data, patch_depth=patch[0], patch_size=patch[1])
 
 
 def place_model(config: Config, rt: Runtime, resume_from: Path | None

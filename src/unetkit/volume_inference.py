@@ -54,37 +54,63 @@ def _forward(model: nn.Module, tiles: torch.Tensor, tta: bool) -> torch.Tensor:
     return total / len(flips)
 
 
+def _tile_shapes(model: nn.Module, tile: Sequence[int]
+                 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(input tile, output tile, margin per axis). A valid-padding U-Net loses ``margin``
+    voxels on each side: its input tile is ``tile`` rounded up to a size it takes, as
+    training rounded its patch, and the volume is mirrored by the margin (overlap-tile)."""
+    tile = tuple(int(t) for t in tile)
+    if getattr(model, "padding", "same") != "valid":
+        return tile, tile, (0,) * len(tile)
+    shape = model.valid_input_at_least(tile)
+    return shape, model.output_shape(shape), model.margins()
+
+
+def _mirror(volume: torch.Tensor, before: Sequence[int], after: Sequence[int]) -> torch.Tensor:
+    """Extend (1, C, D, H, W) by mirroring (edge replication where a side is too short to
+    mirror that far)."""
+    pads = [p for b, a in zip(reversed(before), reversed(after)) for p in (b, a)]
+    if not any(pads):
+        return volume
+    short = any(p >= s for b, a, s in zip(before, after, volume.shape[2:]) for p in (b, a))
+    return F.pad(volume, pads, mode="replicate" if short else "reflect")
+
+
 @torch.no_grad()
 def sliding_window(model: nn.Module, volume: torch.Tensor, tile: Sequence[int],
                    overlap: float = 0.25, batch_size: int = 2, tta: bool = False,
                    progress: bool = False) -> torch.Tensor:
     """Logits of a whole (1, C, D, H, W) volume, (1, K, D, H, W) float32 on its device.
 
-    ``tile`` (d, h, w) is the network's input; a volume smaller along an axis is padded
-    (edge replication) to it and the output cropped back. The model runs in whatever mode
-    and autocast context the caller set.
+    ``tile`` (d, h, w) is the network's input (the training patch). A volume smaller than
+    the output tile along an axis is extended to it and the output cropped back; for a
+    valid-padding U-Net the volume is also mirrored by the network's margin so every
+    voxel is predicted with context. The model runs in the mode and autocast context the
+    caller set.
     """
     size = tuple(volume.shape[2:])
-    tile = tuple(int(t) for t in tile)
-    pad = [max(0, t - s) for t, s in zip(tile, size)]
-    if any(pad):
-        volume = F.pad(volume, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
-    full = tuple(volume.shape[2:])
-    corners = list(itertools.product(*(tile_starts(s, t, overlap) for s, t in zip(full, tile))))
-    weight = gaussian_importance(tile, volume.device)
+    in_tile, out_tile, margin = _tile_shapes(model, tile)
+    full = tuple(max(s, t) for s, t in zip(size, out_tile))  # the output grid
+    volume = _mirror(volume, margin, [m + f - s for m, f, s in zip(margin, full, size)])
+    corners = list(itertools.product(*(tile_starts(f, t, overlap)
+                                       for f, t in zip(full, out_tile))))
+    weight = gaussian_importance(out_tile, volume.device)
     out = None
     norm = torch.zeros(full, device=volume.device)
     bar = tqdm(total=len(corners), desc="tiles", unit="tile", disable=not progress, leave=False)
     for first in range(0, len(corners), batch_size):
         chunk = corners[first:first + batch_size]
-        windows = [tuple(slice(c, c + t) for c, t in zip(corner, tile)) for corner in chunk]
-        tiles = torch.cat([volume[(slice(None), slice(None), *w)] for w in windows])
+        # output window at c reads the input window at c in the mirrored volume
+        tiles = torch.cat([volume[(slice(None), slice(None),
+                                   *(slice(c, c + t) for c, t in zip(corner, in_tile)))]
+                           for corner in chunk])
         logits = _forward(model, tiles, tta)
         if out is None:
             out = torch.zeros((logits.shape[1], *full), device=volume.device)
-        for w, piece in zip(windows, logits):
-            out[(slice(None), *w)] += piece * weight
-            norm[w] += weight
+        for corner, piece in zip(chunk, logits):
+            window = tuple(slice(c, c + t) for c, t in zip(corner, out_tile))
+            out[(slice(None), *window)] += piece * weight
+            norm[window] += weight
         bar.update(len(chunk))
     bar.close()
     out = out / norm

@@ -73,6 +73,9 @@ class VolumeDataset(Dataset):
             raise DataError(f"no {'training' if train else 'validation'} volumes")
         self.cfg, self.train, self.patch, self.seed = cfg, train, tuple(patch), seed
         self.spatial_dims = 3
+        # Valid padding: voxels the network loses on each side, per axis. Volumes are
+        # mirrored by that much before cropping, so the output window reaches every voxel.
+        self.context: tuple[int, ...] = (0, 0, 0)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
@@ -105,6 +108,10 @@ class VolumeDataset(Dataset):
 
     def _random_crop(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
+        if any(self.context):
+            around = [(c, c) for c in self.context]
+            image = np.pad(image, [(0, 0), *around], mode="symmetric")
+            mask = np.pad(mask, around, mode="symmetric")
         pads = [(max(0, p - s) // 2, max(0, p - s) - max(0, p - s) // 2)
                 for p, s in zip(self.patch, mask.shape)]
         if any(sum(p) for p in pads):

@@ -228,6 +228,17 @@ class UNet(nn.Module):
         return tuple(_valid_input(int(s), self.depth, *self.axis_stages(axis))
                      for axis, s in enumerate(self._shape(shape)))
 
+    def valid_input_at_least(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Per axis, the smallest input side >= ``shape``'s that the network takes (the
+        paper's tiles are valid sizes: a patch or tile is rounded up to one)."""
+        sides = []
+        for axis, side in enumerate(self._shape(shape)):
+            side = max(1, int(side))
+            while self._axis_output(axis, side) is None:
+                side += 1
+            sides.append(side)
+        return tuple(sides)
+
     def margin(self) -> int:
         """Pixels lost on each side (valid padding): (input - output) / 2; 0 for same."""
         if self.padding == "same":
