@@ -77,6 +77,7 @@ def test_load_checkpoint_takes_a_run_folder_a_checkpoint_folder_or_a_weight_file
     best = tmp_path / "run" / "checkpoints" / "best"
     save_checkpoint(best, model, cfg)
     save_checkpoint(tmp_path / "run" / "checkpoints" / "last", build_model(cfg.model), cfg)
+    cfg.save(tmp_path / "run" / "config.json")  # as train() writes it
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         expected = model(x)
@@ -102,6 +103,7 @@ def test_anything_else_is_a_one_line_error_naming_the_path(tmp_path, case, messa
     (tmp_path / "other.txt").write_text("hello")
     (tmp_path / "empty").mkdir()
     (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
+    small_config().save(tmp_path / "unfinished" / "config.json")
     cfg = small_config()
     save_checkpoint(tmp_path / "c", build_model(cfg.model), cfg)
     (tmp_path / "c" / "model.safetensors").rename(tmp_path / "alone.safetensors")

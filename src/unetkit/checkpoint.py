@@ -159,14 +159,14 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
         return path, config_path
     if not path.is_dir():
         raise CheckpointError(f"checkpoint not found: {path} ({EXPECTED})")
-    is_checkpoint = (path / WEIGHTS).exists() or (path / CONFIG).exists()
     runs = path / "checkpoints"
-    if not is_checkpoint and runs.is_dir():  # a run folder: its best checkpoint
+    # A run folder holds a config.json too, but never the weights.
+    if not (path / WEIGHTS).exists() and runs.is_dir():  # a run folder: its best checkpoint
         if not (runs / "best").is_dir():
             raise CheckpointError(f"run folder {path} has no checkpoints/best (the run has not "
                                   f"finished an epoch); {EXPECTED}")
         path = runs / "best"
-    elif not is_checkpoint:
+    elif not (path / WEIGHTS).exists() and not (path / CONFIG).exists():
         raise CheckpointError(f"not a checkpoint: {path} has no {WEIGHTS} or {CONFIG} and no "
                               f"checkpoints/ folder ({EXPECTED})")
     folder = _check_folder(path, need_state=False)
