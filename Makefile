@@ -25,14 +25,14 @@ demo: $(STAMP)
 	$(BIN)/unetkit train --config configs/demo.yaml --out $(OUT) --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check src tests models train.py benchmarks
+	$(BIN)/python -m ruff check src tests models train.py benchmarks hubconf.py
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check src tests models train.py benchmarks
+	$(BIN)/python -m ruff check src tests models train.py benchmarks hubconf.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -8,6 +8,7 @@ from unetkit.checkpoint import (
     CheckpointError,
     build_model,
     load_checkpoint,
+    load_config,
     load_training_state,
     save_checkpoint,
 )
@@ -68,3 +69,44 @@ def test_errors_name_the_problem(tmp_path):
         load_checkpoint(tmp_path / "b")
     with pytest.raises(ValueError, match="arch"):
         build_model(ModelConfig(arch="segformer"))
+
+
+def test_load_checkpoint_takes_a_run_folder_a_checkpoint_folder_or_a_weight_file(tmp_path):
+    cfg = small_config()
+    model = trained_bn_model(cfg)
+    best = tmp_path / "run" / "checkpoints" / "best"
+    save_checkpoint(best, model, cfg)
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "last", build_model(cfg.model), cfg)
+    cfg.save(tmp_path / "run" / "config.json")  # as train() writes it
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        for where in (tmp_path / "run", best, best / "model.safetensors"):
+            loaded, saved = load_checkpoint(where)
+            assert saved == cfg and torch.allclose(loaded(x), expected), where
+            assert load_config(where) == cfg
+    # a weight file renamed: its config.json beside it is what counts
+    (best / "model.safetensors").rename(best / "weights.safetensors")
+    loaded, _ = load_checkpoint(best / "weights.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), expected)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "checkpoint not found: .*missing .*expected a run folder"),
+    ("other.txt", "not a checkpoint: .*other.txt .*expected a run folder"),
+    ("empty", "not a checkpoint: .*empty has no model.safetensors"),
+    ("unfinished", "run folder .*unfinished has no checkpoints/best"),
+    ("alone.safetensors", "alone.safetensors: no config.json beside it"),
+])
+def test_anything_else_is_a_one_line_error_naming_the_path(tmp_path, case, message):
+    (tmp_path / "other.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
+    small_config().save(tmp_path / "unfinished" / "config.json")
+    cfg = small_config()
+    save_checkpoint(tmp_path / "c", build_model(cfg.model), cfg)
+    (tmp_path / "c" / "model.safetensors").rename(tmp_path / "alone.safetensors")
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_checkpoint(tmp_path / case)
+    assert "\n" not in str(err.value) and str(tmp_path / case) in str(err.value)

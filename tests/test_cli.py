@@ -76,7 +76,7 @@ def test_export_is_verified(trained, tmp_path, capsys, fmt, suffix):
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     code = main(["predict", "--checkpoint", str(tmp_path / "nope"), str(tmp_path),
                  "--out", str(tmp_path / "o")])
-    assert code == 2 and "checkpoint folder not found" in capsys.readouterr().err
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
 
 
 def test_onnx_export_carries_normalisation_and_classes(trained, tmp_path):

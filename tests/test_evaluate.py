@@ -138,7 +138,7 @@ def test_missing_mask_and_size_mismatch_name_the_files(tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     data = write_demo_data(tmp_path / "data", count=1, size=16, seed=0)
-    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         evaluate_folder(tmp_path / "nope", data, progress=False)
 
 

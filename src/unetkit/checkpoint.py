@@ -12,6 +12,9 @@
 
 A checkpoint is written into a temporary folder and renamed into place, so a crash while
 saving never destroys the previous checkpoint.
+
+:func:`load_checkpoint` (and :func:`load_config`) also take a run folder (``RUN/``: its
+``checkpoints/best``) or a single ``.safetensors`` file with the ``config.json`` beside it.
 """
 
 from __future__ import annotations
@@ -89,10 +92,15 @@ def save_checkpoint(
     return folder
 
 
-def load_config(folder: str | Path) -> Config:
-    folder = _check_folder(folder, need_state=False)
+def load_config(path: str | Path) -> Config:
+    """The Config saved with a checkpoint; ``path`` as for :func:`load_checkpoint`."""
+    _, config_path = checkpoint_files(path)
+    return _read_config(config_path)
+
+
+def _read_config(config_path: Path) -> Config:
     try:
-        return Config.load(folder / CONFIG)
+        return Config.load(config_path)
     except ValueError as err:
         raise CheckpointError(str(err)) from err
 
@@ -102,28 +110,67 @@ def load_checkpoint(
 ) -> tuple[nn.Module, Config]:
     """The model (in eval mode, on ``device``) and the Config saved in ``folder``.
 
+    ``folder`` is a checkpoint folder (``RUN/checkpoints/best``: model.safetensors and
+    config.json), a run folder (``RUN/``: its ``checkpoints/best`` is loaded), or a
+    ``.safetensors`` weight file with the ``config.json`` it was saved with beside it.
+    Anything else raises a one-line CheckpointError naming the path.
+
     ``fold_batchnorm=True`` folds each BatchNorm into the convolution before it: the same
     outputs with fewer passes over memory, for prediction and export (not for training).
     """
-    folder = _check_folder(folder, need_state=False)
-    config = load_config(folder)
+    weights_path, config_path = checkpoint_files(folder)
+    config = _read_config(config_path)
     try:
         model = build_model(config.model, load_pretrained=False)
     except SettingError as err:  # e.g. an encoder registered by code not imported here
-        raise CheckpointError(f"{folder / CONFIG}: {err}") from err
+        raise CheckpointError(f"{config_path}: {err}") from err
     try:
-        weights = load_file(str(folder / WEIGHTS))
+        weights = load_file(str(weights_path))
     except Exception as err:
-        raise CheckpointError(f"{folder / WEIGHTS}: cannot read weights: {err}") from err
+        raise CheckpointError(f"{weights_path}: cannot read weights: {err}") from err
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise CheckpointError(
-            f"{folder / WEIGHTS}: weights do not match the model in {folder / CONFIG}: {err}"
+            f"{weights_path}: weights do not match the model in {config_path}: {err}"
         ) from err
     if fold_batchnorm:
         model = fold_conv_batchnorm(model)
     return model.to(device).eval(), config
+
+
+# What load_checkpoint takes, for its errors.
+EXPECTED = (f"expected a run folder (RUN/), a checkpoint folder with {WEIGHTS} and {CONFIG} "
+            f"(RUN/checkpoints/best), or a .safetensors file with {CONFIG} beside it")
+
+
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, config.json) of a checkpoint folder, a run folder (its
+    ``checkpoints/best``) or a ``.safetensors`` file (config.json beside it); a one-line
+    CheckpointError naming ``path`` and what was expected for anything else."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise CheckpointError(f"not a checkpoint: {path} ({EXPECTED})")
+        config_path = path.parent / CONFIG
+        if not config_path.is_file():
+            raise CheckpointError(f"{path}: no {CONFIG} beside it (expected {config_path}, "
+                                  "the config the weights were saved with)")
+        return path, config_path
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path} ({EXPECTED})")
+    runs = path / "checkpoints"
+    # A run folder holds a config.json too, but never the weights.
+    if not (path / WEIGHTS).exists() and runs.is_dir():  # a run folder: its best checkpoint
+        if not (runs / "best").is_dir():
+            raise CheckpointError(f"run folder {path} has no checkpoints/best (the run has not "
+                                  f"finished an epoch); {EXPECTED}")
+        path = runs / "best"
+    elif not (path / WEIGHTS).exists() and not (path / CONFIG).exists():
+        raise CheckpointError(f"not a checkpoint: {path} has no {WEIGHTS} or {CONFIG} and no "
+                              f"checkpoints/ folder ({EXPECTED})")
+    folder = _check_folder(path, need_state=False)
+    return folder / WEIGHTS, folder / CONFIG
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:
@@ -141,8 +188,7 @@ def _check_folder(folder: str | Path, need_state: bool) -> Path:
     if not folder.is_dir():
         raise CheckpointError(
             f"checkpoint folder not found: {folder} (expected a folder with {WEIGHTS} "
-            f"and {CONFIG}, such as RUN/checkpoints/best)"
-        )
+            f"and {CONFIG}, such as RUN/checkpoints/best)")
     needed = [WEIGHTS, CONFIG] + ([STATE] if need_state else [])
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:

@@ -323,7 +323,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="checkpoint folder, e.g. runs/demo/checkpoints/best")
+                   help="run folder (its checkpoints/best), checkpoint folder such as "
+                   "runs/demo/checkpoints/best, or a .safetensors file with config.json beside it")
     p.add_argument("--tile", type=int, help="output tile side in pixels (default: 388 for "
                    "a valid-padding U-Net, else 512)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")

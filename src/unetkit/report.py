@@ -133,6 +133,14 @@ def plot_predictions(
 ) -> Path:
     """predictions.png: for each (image (C,H,W), truth (H,W), prediction (H,W)) a row of
     image, truth overlaid, prediction overlaid."""
+    _save_figure(predictions_figure(samples, title), path, "prediction figure", dpi=90)
+    return Path(path)
+
+
+def predictions_figure(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       title: str = ""):
+    """The matplotlib figure of :func:`plot_predictions` (also what TensorBoard shows);
+    the caller closes it."""
     plt = _pyplot()
     rows = max(1, len(samples))
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
@@ -145,8 +153,8 @@ def plot_predictions(
             axes[row, col].axis("off")
     if title:
         fig.suptitle(title)
-    _save_figure(fig, path, "prediction figure", dpi=90)
-    return Path(path)
+    fig.tight_layout()
+    return fig
 
 
 def outline_objects(image: np.ndarray, labels: np.ndarray, count_text: bool = True,

@@ -62,6 +62,7 @@ from .data.transforms3d import Augmenter3D
 from .data.volume_folder import is_volume_data
 from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
+from .loggers import check_loggers, logger_hooks
 from .losses import build_loss
 from .models.blocks import center_crop
 from .models.registry import (
@@ -83,7 +84,8 @@ from .runtime import Runtime, make_runtime
 from .validation import forward_whole, move_batch, reduce_mean, validate
 
 # A hook is called after every epoch, on the main process, with the run and the epoch's
-# metrics row (the same row as metrics.csv): the place for loggers such as TensorBoard.
+# metrics row (the same row as metrics.csv): the place for loggers such as TensorBoard
+# (unetkit.loggers). A hook with a close() method is closed when train() ends.
 EpochHook = Callable[["Run", dict[str, float]], None]
 
 __all__ = ["train", "prepare_config", "forward_whole", "Run", "TrainResult", "EpochHook"]
@@ -140,9 +142,11 @@ class Run:
 def prepare_config(config: Config) -> Config:
     """Resolve the settings that follow from others, before anything is built: the number
     of demo classes, the model's output channels, a valid patch for valid padding.
-    Raises SettingError for a patch smaller than the model can take."""
+    Raises SettingError for a patch smaller than the model can take, ImportError for a
+    logger whose package is missing (--tensorboard)."""
     data, model = config.data, config.model
     check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
+    check_loggers(config.train)
     data = with_demo_classes(data)
     model = dataclasses.replace(model, out_channels=logit_channels(target_classes(data)))
     if model.padding == "valid" and (model.spatial_dims == 3 or is_volume_data(data)):
@@ -185,16 +189,32 @@ def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = ()
     last validation and checkpoint inside the budget. ``plan`` (from
     :func:`unetkit.plan.make_plan`, as a dict) is saved as plan.json in the run folder and
     every checkpoint; its ``planning_seconds`` count against the budget.
-    ``hooks`` are called after every epoch on the main process (see :data:`EpochHook`).
+    ``hooks`` are called after every epoch on the main process (see :data:`EpochHook`);
+    ``train.tensorboard`` adds :class:`unetkit.loggers.TensorBoardLogger` to them.
     Raises SettingError before anything is read or written when a setting is out of
     range, DivergenceError when training diverges, WriteError when a file cannot be
     written (the previous checkpoint stays intact in every case).
     """
     config, state = resume_or_start(config, progress)
     run = build_run(config, state, plan)
+    hooks = [*hooks, *logger_hooks(run.config)]
+    try:
+        epoch = run_epochs(run, hooks, progress, requested=config)
+    finally:
+        for hook in hooks:
+            if hasattr(hook, "close"):
+                hook.close()
+    history = run.log.rows if run.log is not None else []
+    return TrainResult(run.out, run.best_dir, run.last_dir, run.best_dice, epoch, history)
+
+
+def run_epochs(run: Run, hooks: Sequence[EpochHook], progress: bool, requested: Config
+               ) -> int:
+    """The epochs of :func:`train`, from the announcement to the end summary; returns
+    the last epoch run."""
     show = progress and run.rt.is_main
     if show:
-        announce(run, requested=config)
+        announce(run, requested=requested)
     epoch = run.start_epoch - 1
     for epoch in epochs_to_train(run):
         train_loss, seen, seconds = train_one_epoch(run, epoch, show)
@@ -226,8 +246,7 @@ def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = ()
         report_end(run)
     if run.rt.distributed:
         dist.barrier()
-    history = run.log.rows if run.log is not None else []
-    return TrainResult(run.out, run.best_dir, run.last_dir, run.best_dice, epoch, history)
+    return epoch
 
 
 def epochs_to_train(run: Run):
@@ -281,7 +300,7 @@ def resume_or_start(config: Config, progress: bool) -> tuple[Config, dict | None
         raise CheckpointError(f"--resume: no checkpoint to resume at {last_dir}")
     saved = load_config(last_dir)
     keep = {k: getattr(config.train, k) for k in
-            ("epochs", "device", "out", "plot_every", "compile")}
+            ("epochs", "device", "out", "plot_every", "compile", "tensorboard")}
     # A budgeted run keeps its budget (the total; the rest is what this run gets) unless
     # a new total is given.
     keep["time"] = config.train.time if config.train.time is not None else saved.train.time

@@ -16,9 +16,6 @@ import numpy as np
 
 from unetkit.config import DEMO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DataConfig, target_classes
 from unetkit.data.dataset import SegmentationDataset
-from unetkit.data.io import (
-    DataError,
-)
 from unetkit.data.loaders import default_num_workers, make_loader
 from unetkit.data.pairing import (
     LAYOUT,
@@ -77,10 +74,10 @@ def _normalisation(cfg: DataConfig, train_items: Sequence[Item], channels: int
     if cfg.normalize == "imagenet":
         if channels == 3:
             return IMAGENET_MEAN, IMAGENET_STD
-        if channels == 1:  # a gray image is the mean of the colour channels
-            return (float(np.mean(IMAGENET_MEAN)),), (float(np.mean(IMAGENET_STD)),)
-        raise DataError(f"normalize='imagenet' needs 1- or 3-channel images, "
-                        f"these have {channels}")
+        # Any other count: each channel as a grey picture, the mean of the colour channels
+        # (as a pretrained stem's RGB kernels are averaged for it: models/pretrained.py).
+        grey_mean, grey_std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
+        return (grey_mean,) * channels, (grey_std,) * channels
     if len(cfg.mean) == channels and len(cfg.std) == channels:
         # Already known (a resumed or fine-tuned model): keep what the model was trained with.
         return tuple(cfg.mean), tuple(cfg.std)
@@ -97,7 +94,10 @@ def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False,
     when ``pretrained`` (an ImageNet-pretrained encoder expects ImageNet statistics), else
     "dataset"; the returned cfg holds the resolved mode. With "dataset", mean/std come from
     the training images unless cfg already holds values for the right number of channels;
-    "imagenet" uses the ImageNet statistics (their average for 1-channel images).
+    "imagenet" uses the ImageNet statistics (their average, per channel, for images that
+    are not RGB). With ``pretrained``, "auto" is "imagenet" for 1- and 3-channel images
+    only: other channels (RGB + near infrared, multispectral bands) are not ImageNet's
+    colours, so they get their own per-channel statistics ("dataset").
     ``cfg`` itself is not changed. Volumes (``volumes``, or None: when the data are
     volumes) go to :func:`unetkit.data.volume_folder.build_volume_datasets`.
     """
@@ -106,8 +106,6 @@ def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False,
     if volumes or (volumes is None and is_volume_data(cfg)):
         return build_volume_datasets(cfg, seed)
     _check_config(cfg)
-    if cfg.normalize == "auto":
-        cfg = dataclasses.replace(cfg, normalize="imagenet" if pretrained else "dataset")
     if cfg.root is None:
         train_items, val_items = split_items(_demo_items(cfg, seed), cfg.val_fraction, seed)
         if not cfg.class_names:
@@ -120,6 +118,9 @@ def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False,
         train_items, val_items = find_items(cfg.root, cfg, seed)
         preflight(train_items + val_items, cfg)
     channels = int(train_items[0].load_image().shape[0])
+    if cfg.normalize == "auto":
+        imagenet = pretrained and channels in (1, 3)
+        cfg = dataclasses.replace(cfg, normalize="imagenet" if imagenet else "dataset")
     mean, std = _normalisation(cfg, train_items, channels)
     cfg = dataclasses.replace(cfg, mean=tuple(mean), std=tuple(std))
     return (SegmentationDataset(train_items, cfg, train=True, seed=seed),

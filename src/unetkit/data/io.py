@@ -1,7 +1,8 @@
 """Reading images, masks and instance labels from disk, and writing masks and images.
 
 Every reader returns arrays in one fixed layout so the rest of the package never looks at
-file formats: images are float32 (C, H, W) in [0, 1], masks int64 (H, W) class indices,
+file formats: images are float32 (C, H, W) in [0, 1] with any number of channels (TIFF and
+.npy; their channel axis by :data:`CHANNEL_RULE`), masks int64 (H, W) class indices,
 instance labels int32 (H, W). Every problem with a file raises :class:`DataError` whose
 message names the file, what was found and what was expected.
 
@@ -30,9 +31,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 TIFF_SUFFIXES = (".tif", ".tiff")
 MASK_ENCODINGS = choices_of(DataConfig, "mask_encoding")  # declared once, in config.py
 
-# A 3-D array is taken as multi-channel when one end axis is this small; anything larger is
-# more likely a stack of 2-D images (z-planes, time points), which we do not guess about.
+# Channel counts that every reader recognises at once: a 3-D array with an end axis this
+# small has its channels there (the last end first). The 2D image reader takes more (see
+# CHANNEL_RULE); the volume reader (unetkit.data.volumes) keeps to this bound.
 MAX_CHANNELS = 4
+CHANNEL_RULE = (
+    "a 3-axis image array has its channels at an end: the last axis when it has at most "
+    f"{MAX_CHANNELS} entries, else the first when it has at most {MAX_CHANNELS}, else "
+    "whichever end is smaller ((8, 512, 512) is (C, H, W), (512, 512, 8) is (H, W, C))"
+)
 # How many distinct values/colours an error message lists before it says "... and N more".
 _MAX_SHOWN = 10
 
@@ -200,7 +207,7 @@ def _read_raw(path: str | Path, what: str, for_mask: bool = False) -> tuple[np.n
 
 def _chw_axes(shape: tuple[int, ...], path: Path, what: str) -> str:
     """How an array of ``shape`` (squeezed when it has more than 3 axes) holds (C, H, W):
-    "hw", "hwc" or "chw"."""
+    "hw", "hwc" or "chw", by :data:`CHANNEL_RULE`."""
     if len(shape) > 3:
         shape = tuple(s for s in shape if s != 1)
     if len(shape) == 2:
@@ -213,9 +220,16 @@ def _chw_axes(shape: tuple[int, ...], path: Path, what: str) -> str:
             return "hwc"
         if first <= MAX_CHANNELS:
             return "chw"
+        # More channels (multispectral bands): fewer bands than pixels along a side.
+        if last < first:
+            return "hwc"
+        if first < last:
+            return "chw"
+        raise DataError(f"{path}: {what} has shape {shape}: both ends have {first} entries, "
+                        "so neither is clearly the channel axis; save it as (C, H, W) or "
+                        "(H, W, C) with C the smaller end")
     raise DataError(
-        f"{path}: {what} has shape {shape}; expected (H, W), (H, W, C) or (C, H, W) "
-        f"with at most {MAX_CHANNELS} channels"
+        f"{path}: {what} has shape {shape}; expected (H, W), (H, W, C) or (C, H, W)"
     )
 
 
@@ -228,7 +242,7 @@ def _as_chw(arr: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _to_chw(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """(H,W), (H,W,C) or (C,H,W) with C <= MAX_CHANNELS -> (C,H,W) (a view)."""
+    """(H,W), (H,W,C) or (C,H,W), channels by :data:`CHANNEL_RULE` -> (C,H,W) (a view)."""
     return _as_chw(arr, _chw_axes(arr.shape, path, what))
 
 
@@ -265,8 +279,10 @@ def read_image(path: str | Path) -> np.ndarray:
     Scaling follows the stored dtype: uint8 / 255, uint16 / 65535, other integers / their
     dtype's maximum, bool -> 0/1, floats unchanged. Grayscale gives C = 1; the alpha channel
     of RGBA images is dropped (with a warning); palette-mode images are converted to RGB.
-    Pillow reads png/jpg/bmp, tifffile reads tif/tiff (16-bit, (H,W,C) or (C,H,W)), numpy
-    reads .npy. Raises DataError naming the file when it cannot be read.
+    Pillow reads png/jpg/bmp (1-4 channels), tifffile reads tif/tiff (16-bit, multi-page,
+    (H,W,C) or (C,H,W)), numpy reads .npy; TIFF and .npy may hold any number of channels
+    (multispectral bands), found by :data:`CHANNEL_RULE`. Raises DataError naming the file
+    when it cannot be read.
     """
     path = Path(path)
     arr, _ = _read_raw(path, "image")
@@ -275,6 +291,28 @@ def read_image(path: str | Path) -> np.ndarray:
     if not np.isfinite(image).all():
         raise DataError(f"{path}: image contains NaN or infinite values")
     return np.ascontiguousarray(image)
+
+
+def is_plane(path: str | Path) -> bool:
+    """Whether an image file holds one 2-D plane: (H, W), or with at most MAX_CHANNELS
+    channels at an end (a mask or label image of 2D data, never a volume's). From the
+    header only for .npy and TIFF; PNG/JPEG/BMP always are. False when unreadable."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        else:
+            return suffix in IMAGE_SUFFIXES
+    except Exception:  # noqa: BLE001 - unreadable: not known to be a plane
+        return False
+    shape = tuple(s for s in shape if s != 1)
+    return len(shape) == 2 or (len(shape) == 3 and min(shape[0], shape[-1]) <= MAX_CHANNELS)
 
 
 def _unit_to_uint8(arr: np.ndarray) -> np.ndarray:

@@ -239,15 +239,7 @@ def preflight(items: Sequence[Item], cfg: DataConfig,
             valid = mask[(mask >= 0) & (mask < cfg.num_classes)]
             class_pixels += np.bincount(valid.ravel(), minlength=cfg.num_classes)
 
-    if channels:
-        if expected_channels is not None:
-            reference, why = expected_channels, "the model expects"
-        else:
-            reference = Counter(channels.values()).most_common(1)[0][0]
-            why = "most images have"
-        for label, count in channels.items():
-            if count != reference:
-                problems.append(f"{label}: image has {count} channel(s); {why} {reference}")
+    problems += channel_problems(channels, expected_channels)
 
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -258,6 +250,22 @@ def preflight(items: Sequence[Item], cfg: DataConfig,
         warnings.warn(f"class(es) {', '.join(absent)} never occur in any mask "
                       f"(num_classes={cfg.num_classes}); check num_classes and the masks",
                       stacklevel=2)
+
+
+def channel_problems(channels: dict[str, int], expected: int | None = None) -> list[str]:
+    """One line per image whose channel count differs from ``expected`` (the model's) or,
+    without it, from the most common count; the line names an image that has that."""
+    if not channels:
+        return []
+    if expected is not None:
+        return [f"{label}: image has {count} channel(s); the model expects {expected}"
+                for label, count in channels.items() if count != expected]
+    counts = Counter(channels.values())
+    reference, share = counts.most_common(1)[0]
+    example = next(label for label, count in channels.items() if count == reference)
+    return [f"{label}: image has {count} channel(s) but {example} has {reference} (as "
+            f"{share} of {len(channels)} images); every image needs the same channels"
+            for label, count in channels.items() if count != reference]
 
 
 def hw_text(shape: tuple[int, ...]) -> str:
@@ -272,16 +280,17 @@ def compute_stats(items: Sequence[Item]) -> tuple[tuple[float, ...], tuple[float
     deviations, in float64), so the data set never has to fit in memory.
     """
     count = 0
-    mean = m2 = None
+    mean = m2 = first = None
     for item in items:
         pixels = item.load_image().astype(np.float64)
         flat = pixels.reshape(pixels.shape[0], -1)
         if mean is None:
             mean = np.zeros(flat.shape[0])
             m2 = np.zeros(flat.shape[0])
+            first = item.label
         elif flat.shape[0] != mean.shape[0]:
-            raise DataError(f"{item.label}: image has {flat.shape[0]} channel(s); earlier "
-                            f"images have {mean.shape[0]}")
+            raise DataError(f"{item.label}: image has {flat.shape[0]} channel(s) but {first} "
+                            f"has {mean.shape[0]}; every image needs the same channels")
         n_b = flat.shape[1]
         mean_b = flat.mean(axis=1)
         m2_b = ((flat - mean_b[:, None]) ** 2).sum(axis=1)

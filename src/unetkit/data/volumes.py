@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.data.io import MAX_CHANNELS, DataError, _format_values, _mask_error, _reading
+from unetkit.data.io import (
+    MAX_CHANNELS,
+    DataError,
+    _format_values,
+    _mask_error,
+    _reading,
+    is_plane,
+)
 from unetkit.errors import remove_quietly, writing
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".npy")
@@ -452,10 +459,12 @@ def is_volume_folder(root: str | Path) -> bool:
     True for the nnU-Net layout (``imagesTr``) and for any NIfTI file in ``images`` (or
     ``train/images``). For .tif/.tiff/.npy the first file's header decides (size-1 axes
     dropped): a volume has 4 axes (channels and D, H, W), or ImageJ metadata with several
-    slices, or 3 axes whose two ends are both larger than MAX_CHANNELS (4). Three axes with
-    an end of at most 4 are what the 2D reader takes as (H, W, C) or (C, H, W), so a 2D
-    image folder always stays 2D, and a stack of up to 4 slices without ImageJ metadata
-    counts as one 2D multi-channel image.
+    slices, or 3 axes whose two ends are both larger than MAX_CHANNELS (4), unless the
+    first image's mask is a plane (:func:`unetkit.data.io.is_plane`): then it is a 2D
+    image with many channels (multispectral bands), which the 2D reader takes as (C, H, W)
+    or (H, W, C). Three axes with an end of at most 4 are what the 2D reader takes as
+    (H, W, C) or (C, H, W), so a 2D image folder always stays 2D, and a stack of up to 4
+    slices without ImageJ metadata counts as one 2D multi-channel image.
     """
     root = Path(root).expanduser()
     if (root / "imagesTr").is_dir():
@@ -472,4 +481,16 @@ def is_volume_folder(root: str | Path) -> bool:
         return False  # no volume layout, e.g. (H, W, 3): the 2D reader decides
     channels, depth, _, width = head.array.shape
     slices = head.header.get("slices", 1) if isinstance(head.header, dict) else 1
-    return channels > 1 or slices > 1 or min(depth, width) > MAX_CHANNELS
+    if channels > 1 or slices > 1:
+        return True
+    return min(depth, width) > MAX_CHANNELS and not _has_plane_mask(files[0])
+
+
+def _has_plane_mask(image: Path) -> bool:
+    """Whether the mask of ``image`` (same stem in the sibling ``masks`` folder) is a 2-D
+    plane: the image is then a 2D image with many channels, not a volume."""
+    masks = image.parent.parent / "masks"
+    stem = volume_stem(image)
+    found = sorted(p for p in masks.iterdir() if p.is_file() and p.stem == stem) \
+        if masks.is_dir() else []
+    return bool(found) and is_plane(found[0])
