@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +107,28 @@ def _read_config(config_path: Path) -> Config:
 
 
 def load_checkpoint(
-    folder: str | Path, device: str | torch.device = "cpu", fold_batchnorm: bool = False
+    folder: str | Path | Sequence[str | Path], device: str | torch.device = "cpu",
+    fold_batchnorm: bool = False
 ) -> tuple[nn.Module, Config]:
     """The model (in eval mode, on ``device``) and the Config saved in ``folder``.
 
     ``folder`` is a checkpoint folder (``RUN/checkpoints/best``: model.safetensors and
     config.json), a run folder (``RUN/``: its ``checkpoints/best`` is loaded), or a
     ``.safetensors`` weight file with the ``config.json`` it was saved with beside it.
-    Anything else raises a one-line CheckpointError naming the path.
+    Anything else raises a one-line CheckpointError naming the path. Several of these, or
+    a cross-validation folder (``train --folds``: OUT/fold_*), load as one
+    :class:`~unetkit.ensemble.Ensemble` that averages the models' probabilities; their
+    configs must agree (the first one's is returned).
 
     ``fold_batchnorm=True`` folds each BatchNorm into the convolution before it: the same
     outputs with fewer passes over memory, for prediction and export (not for training).
     """
-    weights_path, config_path = checkpoint_files(folder)
+    paths = ([folder] if isinstance(folder, (str, Path)) else list(folder))
+    if len(paths) == 1:
+        paths = fold_checkpoints(paths[0]) or paths
+    if len(paths) > 1:
+        return _load_ensemble(paths, device, fold_batchnorm)
+    weights_path, config_path = checkpoint_files(paths[0])
     config = _read_config(config_path)
     try:
         model = build_model(config.model, load_pretrained=False)
@@ -142,6 +152,38 @@ def load_checkpoint(
 # What load_checkpoint takes, for its errors.
 EXPECTED = (f"expected a run folder (RUN/), a checkpoint folder with {WEIGHTS} and {CONFIG} "
             f"(RUN/checkpoints/best), or a .safetensors file with {CONFIG} beside it")
+
+
+def fold_checkpoints(path: str | Path) -> list[Path]:
+    """The best checkpoints of a cross-validation folder's folds (OUT/fold_N), in fold
+    order; [] for anything else."""
+    path = Path(path).expanduser()
+    folds = sorted(path.glob("fold_*/checkpoints/best"),
+                   key=lambda p: int(p.parent.parent.name.split("_")[1]))
+    return folds if path.is_dir() and not (path / WEIGHTS).exists() else []
+
+
+# What members of an ensemble must share: the network and how images are prepared for it.
+_SHARED = ("model", "data.num_classes", "data.task", "data.normalize", "data.mean",
+           "data.std", "data.intensity_range", "data.patch_size", "data.patch_depth")
+
+
+def _load_ensemble(paths, device, fold_batchnorm: bool) -> tuple[nn.Module, Config]:
+    from .ensemble import Ensemble
+
+    models, configs = zip(*(load_checkpoint(p, device, fold_batchnorm) for p in paths))
+    first = configs[0].to_dict()
+    for path, config in zip(paths[1:], configs[1:]):
+        other = config.to_dict()
+        for key in _SHARED:
+            section, _, name = key.partition(".")
+            a, b = first[section], other[section]
+            if name:
+                a, b = a[name], b[name]
+            if a != b:
+                raise CheckpointError(f"{path}: {key} differs from {paths[0]}'s; an "
+                                      "ensemble needs checkpoints of one configuration")
+    return Ensemble(list(models)).eval(), configs[0]
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:

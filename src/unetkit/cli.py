@@ -210,15 +210,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepare_config(config)  # a bad setting is refused before any planning or reading
     explicit = explicit_settings(args)
     plan = None
+    # --folds K without --fold: the K cross-validation runs, each given a K-th of the time
+    folds = config.data.folds if "data.fold" not in explicit else 1
     if wants_plan(args, explicit) and not volume_data(config):
-        from .plan import format_plan, make_plan
+        from .plan import DEFAULT_TIME, format_plan, make_plan
 
-        config, made = make_plan(config, explicit, config.train.time, started)
+        total = config.train.time or DEFAULT_TIME
+        config, made = make_plan(config, explicit, total / folds, started)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                         time=total))
         if not args.quiet:
             print(format_plan(made), flush=True)
         plan = made.to_dict()
     try:
-        train(config, progress=not args.quiet, plan=plan)
+        if folds > 1:
+            from .crossval import format_folds, train_folds
+
+            print(format_folds(train_folds(config, folds, not args.quiet, plan)))
+        else:
+            train(config, progress=not args.quiet, plan=plan)
     except KeyboardInterrupt:
         last = Path(config.train.out) / "checkpoints" / "last"
         print(f"\ninterrupted: the last finished epoch is saved in {last}; continue with "
@@ -242,6 +252,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_tiling_flags(args)
     if _volume_checkpoint(args.checkpoint):
         return _predict_volumes(args)
+    args.checkpoint = _one_or_many(args.checkpoint)
     result = predict_files(
         args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, autocast=args.precision,
@@ -255,13 +266,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
-def _volume_checkpoint(checkpoint: str) -> bool:
-    from .checkpoint import load_config
+def _volume_checkpoint(checkpoints: list[str]) -> bool:
+    from .checkpoint import fold_checkpoints, load_config
 
-    return load_config(checkpoint).model.spatial_dims == 3
+    first = (fold_checkpoints(checkpoints[0]) or checkpoints)[0]
+    return load_config(first).model.spatial_dims == 3
+
+
+def _one_or_many(checkpoints: list[str]) -> str | list[str]:
+    """One checkpoint path as itself (a folds folder included), several as a list."""
+    return checkpoints[0] if len(checkpoints) == 1 else checkpoints
 
 
 def _predict_volumes(args: argparse.Namespace) -> int:
+    args.checkpoint = _one_or_many(args.checkpoint)
     from .volume_predict import predict_volume_files
 
     result = predict_volume_files(
@@ -279,8 +297,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, format_table
 
     check_tiling_flags(args)
-    csv_path = args.csv or str(_default_evaluation_csv(Path(args.checkpoint)))
-    if _volume_checkpoint(args.checkpoint):
+    csv_path = args.csv or str(_default_evaluation_csv(Path(args.checkpoint[0])))
+    volumes = _volume_checkpoint(args.checkpoint)
+    args.checkpoint = _one_or_many(args.checkpoint)
+    if volumes:
         from .volume_predict import evaluate_volumes, format_volume_table
 
         summary = evaluate_volumes(args.checkpoint, args.data, csv_path, hausdorff=True,
@@ -322,9 +342,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", nargs="+",
                    help="run folder (its checkpoints/best), checkpoint folder such as "
-                   "runs/demo/checkpoints/best, or a .safetensors file with config.json beside it")
+                   "runs/demo/checkpoints/best, or a .safetensors file with config.json "
+                   "beside it; several, or a `train --folds` folder: their ensemble "
+                   "(probabilities averaged)")
     p.add_argument("--tile", type=int, help="output tile side in pixels (default: 388 for "
                    "a valid-padding U-Net, else 512)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")

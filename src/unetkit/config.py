@@ -194,6 +194,9 @@ class DataConfig(_Checked):
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
     ignore_index: int | None = setting(None, ge=0)  # mask value that no loss or metric counts
     val_fraction: float = setting(0.2, ge=0, lt=1)  # held out unless ROOT/train, ROOT/val exist
+    # cross-validation (train --folds K sets both): validate on fold `fold` of `folds`
+    folds: int = setting(1, ge=1)  # parts of the data for cross-validation; 1: val_fraction
+    fold: int = setting(0, ge=0)  # the held-out part, 0 .. folds-1
     patch_size: int = setting(256, ge=1)  # training crop, pixels (input side for valid padding)
     patch_depth: int | None = setting(None, ge=1)  # volumes: crop slices; none: from spacing
     context: int = setting(0, ge=0)  # mirrored border around each training crop, pixels

@@ -24,6 +24,7 @@ from unetkit.data.pairing import (
     find_items,
     pair_folder,
     preflight,
+    split_for,
     split_items,
 )
 from unetkit.process import available_cores
@@ -107,7 +108,7 @@ def build_datasets(cfg: DataConfig, seed: int, pretrained: bool = False,
         return build_volume_datasets(cfg, seed)
     _check_config(cfg)
     if cfg.root is None:
-        train_items, val_items = split_items(_demo_items(cfg, seed), cfg.val_fraction, seed)
+        train_items, val_items = split_for(_demo_items(cfg, seed), cfg, seed)
         if not cfg.class_names:
             from unetkit.data import synthetic
 

@@ -159,6 +159,28 @@ def split_items(items: Sequence[Item], val_fraction: float, seed: int
     return train, val
 
 
+def fold_split(items: Sequence, folds: int, fold: int, seed: int) -> tuple[list, list]:
+    """(training, validation): the items in a seeded random order, cut into ``folds``
+    parts of equal size (within one); part ``fold`` validates. Every item validates in
+    exactly one fold."""
+    items = sorted(items, key=lambda it: it.name)
+    if not 0 <= fold < folds or len(items) < folds:
+        raise DataError(f"fold {fold} of {folds}: expected 0 <= fold < folds and at least "
+                        f"{folds} images, found {len(items)}")
+    order = np.random.default_rng(seed).permutation(len(items))
+    held = set(order[fold::folds].tolist())
+    return ([it for i, it in enumerate(items) if i not in held],
+            [it for i, it in enumerate(items) if i in held])
+
+
+def split_for(items: Sequence, cfg: DataConfig, seed: int) -> tuple[list, list]:
+    """The training/validation split a config asks for: its cross-validation fold, or a
+    random ``val_fraction``."""
+    if cfg.folds > 1:
+        return fold_split(items, cfg.folds, cfg.fold, seed)
+    return split_items(items, cfg.val_fraction, seed)
+
+
 def find_items(root: str | Path, cfg: DataConfig, seed: int) -> tuple[list[Item], list[Item]]:
     """Find (train, val) items under ``root``.
 
@@ -174,10 +196,12 @@ def find_items(root: str | Path, cfg: DataConfig, seed: int) -> tuple[list[Item]
         if missing:
             raise DataError(f"{root}: found a train/val layout but {missing[0] / 'images'} "
                             f"does not exist; {LAYOUT}")
+        if cfg.folds > 1:  # cross-validation pools the given split
+            return split_for(pair_folder(train_dir) + pair_folder(val_dir), cfg, seed)
         return pair_folder(train_dir), pair_folder(val_dir)
     if not (root / "images").is_dir():
         raise DataError(f"{root}: no 'images' folder; {LAYOUT}")
-    return split_items(pair_folder(root), cfg.val_fraction, seed)
+    return split_for(pair_folder(root), cfg, seed)
 
 
 # --------------------------------------------------------------------------- checks

@@ -14,7 +14,7 @@ import numpy as np
 
 from unetkit.config import DataConfig
 from unetkit.data.io import DataError
-from unetkit.data.pairing import split_items
+from unetkit.data.pairing import split_for
 from unetkit.data.volume_dataset import VolumeDataset, VolumeItem, patch_shape
 
 CT_MINIMUM = -500.0  # intensities this low are Hounsfield units: a CT scan (nnU-Net's CT rule)
@@ -105,7 +105,7 @@ def build_volume_datasets(cfg: DataConfig, seed: int
     items = volume_items(cfg)
     if cfg.root is not None:
         preflight_volumes(items)
-    train, val = split_items(items, cfg.val_fraction, seed)
+    train, val = split_for(items, cfg, seed)
     spacing = cfg.spacing or tuple(float(s) for s in np.median(
         [item.spacing for item in train], axis=0))
     cfg = _normalisation(dataclasses.replace(cfg, spacing=spacing), train)
