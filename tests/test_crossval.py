@@ -86,6 +86,9 @@ def test_ensemble_refuses_checkpoints_of_different_configs(tmp_path):
                      "--out", str(tmp_path / name)]) == 0
     with pytest.raises(CheckpointError, match="model differs"):
         load_checkpoint([tmp_path / "a", tmp_path / "b"])
+    # the same from the command line: one line, exit 2
+    assert main(["evaluate", "--data", str(tmp_path), "--checkpoint", str(tmp_path / "a"),
+                 "--checkpoint", str(tmp_path / "b")]) == 2
 
 
 def test_one_fold_alone(tmp_path):

@@ -342,11 +342,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", nargs="+",
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", action="append",
                    help="run folder (its checkpoints/best), checkpoint folder such as "
                    "runs/demo/checkpoints/best, or a .safetensors file with config.json "
-                   "beside it; several, or a `train --folds` folder: their ensemble "
-                   "(probabilities averaged)")
+                   "beside it; repeated (--checkpoint A --checkpoint B), or a `train "
+                   "--folds` folder: their ensemble (probabilities averaged)")
     p.add_argument("--tile", type=int, help="output tile side in pixels (default: 388 for "
                    "a valid-padding U-Net, else 512)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
@@ -436,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also UNETKIT_DEBUG=1)")
+    common.add_argument("--verbose", action="store_true",
+                        help="also debug messages (the 'unetkit' logger at DEBUG)")
 
     p = sub.add_parser("train", parents=[common],
                        help="train a model (on the built-in demo data without --data)",
@@ -548,6 +550,9 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     if relaunch:
         relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
+    from .log import set_verbosity
+
+    set_verbosity(quiet=getattr(args, "quiet", False), verbose=args.verbose)
     debug = args.debug or bool(os.environ.get("UNETKIT_DEBUG"))
     try:
         return args.func(args)

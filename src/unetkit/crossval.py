@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .config import Config, format_duration
 from .errors import writing
+from .log import get_logger
+
+log = get_logger(__name__)
 
 
 def shared_statistics(config: Config) -> Config:
@@ -60,7 +63,7 @@ def train_folds(config: Config, folds: int, progress: bool = True,
     rows = []
     for fold in range(folds):
         if progress:
-            print(f"--- fold {fold + 1} of {folds}", flush=True)
+            log.info(f"--- fold {fold + 1} of {folds}")
         result = train(fold_config(config, folds, fold), progress=progress, plan=plan)
         rows.append(fold_row(fold, result.history))
     summary = {"rows": rows, "mean": mean_row(rows),

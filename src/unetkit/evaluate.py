@@ -26,11 +26,14 @@ from .data.io import IMAGE_SUFFIXES, DataError, read_instances, read_mask
 from .data.regions import open_image
 from .errors import replacing, writing
 from .inference import predict_probabilities
+from .log import get_logger
 from .metrics import confusion_matrix, hausdorff95, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
 from .object_outputs import MIN_OBJECT_SIZE, SEED_THRESHOLD, objects_from_probabilities
 from .outputs import labels_of_probabilities, num_classes_of
 from .runtime import select_device
+
+log = get_logger(__name__)
 
 __all__ = ["evaluate_folder", "format_table", "find_pairs", "scan_pairs", "METRICS"]
 
@@ -211,9 +214,9 @@ def _with_instance_labels(pairs: list, folder: str | Path | None) -> list:
 
 def _report_failed(failed: list[tuple[Path, str]], total: int) -> None:
     if failed:
-        print(f"{len(failed)} of {total} image(s) could not be evaluated:", file=sys.stderr)
+        log.warning(f"{len(failed)} of {total} image(s) could not be evaluated:")
         for path, message in failed:
-            print(f"  {path}: {message}", file=sys.stderr)
+            log.warning(f"  {path}: {message}")
 
 
 def _overall(total: torch.Tensor, per_image: list[dict], hausdorff: bool,

@@ -62,6 +62,7 @@ from .data.transforms3d import Augmenter3D
 from .data.volume_folder import is_volume_data
 from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
+from .log import get_logger
 from .loggers import check_loggers, logger_hooks
 from .losses import build_loss
 from .models.blocks import center_crop
@@ -82,6 +83,8 @@ from .outputs import logit_channels
 from .report import MetricsLog, plot_curves, plot_predictions
 from .runtime import Runtime, make_runtime
 from .validation import forward_whole, move_batch, reduce_mean, validate
+
+log = get_logger(__name__)
 
 # A hook is called after every epoch, on the main process, with the run and the epoch's
 # metrics row (the same row as metrics.csv): the place for loggers such as TensorBoard
@@ -307,10 +310,10 @@ def resume_or_start(config: Config, progress: bool) -> tuple[Config, dict | None
     state = load_training_state(last_dir)
     used = float(state.get("budget_used", 0.0))
     if progress and keep["time"] is not None and used >= keep["time"]:
-        tqdm.write(f"note: {last_dir} already used its {format_duration(keep['time'])}; "
+        log.info(f"note: {last_dir} already used its {format_duration(keep['time'])}; "
                    "pass a larger --time to train on")
     elif progress and keep["time"] is None and config.train.epochs <= state["epoch"]:
-        tqdm.write(f"note: {last_dir} already finished epoch {config.train.epochs}; "
+        log.info(f"note: {last_dir} already finished epoch {config.train.epochs}; "
                    "pass a larger --epochs to train on")
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
                                                                  resume=True)), state

@@ -16,7 +16,6 @@ Longer than our usual 400 lines for that reason: the rules and their messages li
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,9 @@ import numpy as np
 from PIL import Image
 
 from unetkit.config import DataConfig, choices_of
+from unetkit.log import get_logger
+
+log = get_logger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -109,9 +111,9 @@ def _open_pil(path: Path) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = limit
     pixels = img.width * img.height
     if limit and pixels > limit:
-        print(f"note: {path}: {img.width}x{img.height} image ({pixels / 1e6:.0f} Mpx) is above "
-              f"Pillow's decompression-bomb limit of {limit / 1e6:.0f} Mpx; reading it anyway "
-              "(a local file)", file=sys.stderr)
+        log.warning(f"note: {path}: {img.width}x{img.height} image ({pixels / 1e6:.0f} Mpx) "
+                    f"is above Pillow's decompression-bomb limit of {limit / 1e6:.0f} Mpx; "
+                    "reading it anyway (a local file)")
     return img
 
 

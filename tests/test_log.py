@@ -1,0 +1,55 @@
+"""Messages go through the ``unetkit`` logger: Python users silence or redirect them."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from unetkit.cli import main
+from unetkit.config import Config, DataConfig, ModelConfig, TrainConfig
+from unetkit.log import LOGGER
+from unetkit.training import train
+
+
+@pytest.fixture
+def restore_logger():
+    level, handlers = LOGGER.level, list(LOGGER.handlers)
+    yield
+    LOGGER.setLevel(level)
+    LOGGER.handlers = handlers
+
+
+def tiny(out) -> Config:
+    return Config(model=ModelConfig(features=4, depth=2),
+                  data=DataConfig(demo_count=6, demo_size=48, patch_size=32),
+                  train=TrainConfig(epochs=1, batch_size=4, out=str(out), precision="fp32"))
+
+
+def test_messages_can_be_redirected_and_silenced(tmp_path, capsys, restore_logger):
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    LOGGER.handlers = [Keep()]
+    train(tiny(tmp_path / "a"))
+    assert any(m.startswith("epoch   1/1") for m in records)
+    assert any(m.startswith("done: best validation Dice") for m in records)
+    assert "epoch   1/1" not in capsys.readouterr().out  # redirected, not printed
+    LOGGER.handlers = [Keep()]
+    records.clear()
+    LOGGER.setLevel(logging.WARNING)
+    train(tiny(tmp_path / "b"))
+    assert records == []
+
+
+def test_cli_quiet_and_verbose_set_the_level(tmp_path, restore_logger):
+    assert main(["make-demo-data", str(tmp_path / "d"), "--count", "2", "--size", "32",
+                 "--verbose"]) == 0
+    assert LOGGER.level == logging.DEBUG
+    assert main(["train", "--epochs", "1", "--demo-count", "6", "--demo-size", "48",
+                 "--patch-size", "32", "--features", "4", "--depth", "2", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert LOGGER.level == logging.WARNING
