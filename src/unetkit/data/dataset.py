@@ -46,7 +46,34 @@ def _pad_to(size: int, *arrays: np.ndarray) -> list[np.ndarray]:
     return [np.pad(a, ((0, 0),) * (a.ndim - 2) + spatial, mode="reflect") for a in arrays]
 
 
-class SegmentationDataset(Dataset):
+class EpochSamples(Dataset):
+    """What the 2D and 3D datasets share: ``self.items``, and an epoch counter in shared
+    memory (DataLoader workers, persistent ones included, see the value ``set_epoch``
+    writes in the main process), so a sample's randomness can follow (seed, epoch, i)."""
+
+    items: list
+
+    def _start_epochs(self) -> None:
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Without this, Python would iterate through __getitem__ until IndexError, which
+        # the wrap-around indexing never raises.
+        return (self[i] for i in range(len(self)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch's ``iter(loader)`` so every epoch gets new crops."""
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+
+class SegmentationDataset(EpochSamples):
     """Items as training samples.
 
     ``self[i]`` is a dict:
@@ -76,29 +103,11 @@ class SegmentationDataset(Dataset):
         self.train = train
         self.seed = seed
         self.spatial_dims = 2
-        # In shared memory so DataLoader worker processes, persistent ones included, see the
-        # value set_epoch writes in the main process.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._start_epochs()
         # Weight maps are costly (a distance transform per object), so each is computed once
         # per process: with DataLoader workers every worker fills its own cache.
         self._weights: dict[int, np.ndarray] = {}
         self._targets: dict[int, np.ndarray] = {}  # instance task: three-class targets
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        # Without this, Python would iterate through __getitem__ until IndexError, which
-        # the wrap-around indexing never raises.
-        return (self[i] for i in range(len(self)))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch's ``iter(loader)`` so every epoch gets new crops."""
-        self._epoch[0] = int(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
 
     @property
     def num_channels(self) -> int:

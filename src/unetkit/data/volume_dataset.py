@@ -9,15 +9,15 @@ instance task are 2D only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from unetkit.config import DataConfig
+from unetkit.data.dataset import EpochSamples
 from unetkit.data.io import DataError
 from unetkit.data.normalize import normalize_image
 
@@ -60,7 +60,7 @@ def patch_shape(cfg: DataConfig, spacing: Sequence[float],
     return patch
 
 
-class VolumeDataset(Dataset):
+class VolumeDataset(EpochSamples):
     """Training samples are random ``patch`` crops (mirror-padded where the volume is
     smaller), centred on a foreground voxel with probability cfg.foreground_oversample;
     validation samples are whole volumes. Sample randomness comes from (seed, epoch, i)
@@ -76,16 +76,7 @@ class VolumeDataset(Dataset):
         # Valid padding: voxels the network loses on each side, per axis. Volumes are
         # mirrored by that much before cropping, so the output window reaches every voxel.
         self.context: tuple[int, ...] = (0, 0, 0)
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self[i] for i in range(len(self)))
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = int(epoch)
+        self._start_epochs()
 
     @property
     def num_channels(self) -> int:
@@ -96,7 +87,7 @@ class VolumeDataset(Dataset):
         item_index = index % len(self.items)
         image, mask = self.items[item_index].load()
         if self.train:
-            rng = np.random.default_rng([self.seed % 2**63, int(self._epoch[0]), index])
+            rng = np.random.default_rng([self.seed % 2**63, self.epoch, index])
             image, mask = self._random_crop(rng, image, mask)
         image = normalize_image(image, self.cfg, self.items[item_index].name)
         weight = np.ones(mask.shape, np.float32)
