@@ -314,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     size = tuple(args.size) if args.size else None
     result = export_model(args.checkpoint, args.format, args.out,
-                          example_size=size if size is None or len(size) == 2 else size[0],
+                          example_size=size if size is None or len(size) > 1 else size[0],
                           opset=args.opset, atol=args.atol)
     if result["max_abs_diff"] is None:  # export_model prints the verified difference
         print(f"exported {result['format']} to {result['path']} (not verified)")
@@ -465,14 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[common],
                        help="export a checkpoint to ONNX or TorchScript, verified",
-                       description="Export with dynamic batch, height and width, then run "
-                       "the export at another size and compare with PyTorch.")
+                       description="Export with dynamic batch, height and width (and "
+                       "depth for a 3D checkpoint), then run the export at two other sizes "
+                       "and compare with PyTorch. ONNX uses PyTorch's torch.export-based "
+                       "exporter, or the TorchScript-based one where that fails (one "
+                       "warning line says why).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--size", type=int, nargs="+", metavar="N",
-                   help="trace size: one side or H W (default 64)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+                   help="trace size: one side, H W, or D H W for a 3D checkpoint "
+                   "(default 64; 32 in 3D)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed difference from PyTorch")
     p.set_defaults(func=cmd_export)
