@@ -248,11 +248,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         save_probabilities=args.probabilities,
         save_overlay=args.overlay, device=args.device, progress=not args.quiet,
         instances=args.instances, min_object_size=args.min_object_size,
-        seed_threshold=args.seed_threshold)
+        seed_threshold=args.seed_threshold, **_postprocess_flags(args))
     print(f"wrote {len(result['written'])} mask(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
              if result["failed"] else ""))
     return 1 if result["failed"] else 0
+
+
+def _postprocess_flags(args: argparse.Namespace) -> dict:
+    """--min-component-size / --[no-]keep-largest as given (None: the checkpoint's),
+    checked against PostprocessConfig's ranges before any file is read."""
+    from .config import PostprocessConfig
+
+    given = {"min_component_size": args.min_component_size, "keep_largest": args.keep_largest}
+    PostprocessConfig(**{k: v for k, v in given.items() if v is not None})
+    return given
 
 
 def _volume_checkpoint(checkpoint: str) -> bool:
@@ -268,7 +278,7 @@ def _predict_volumes(args: argparse.Namespace) -> int:
         args.checkpoint, args.inputs, args.out, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, precision=args.precision,
         save_probabilities=bool(args.probabilities), device=args.device,
-        progress=not args.quiet)
+        progress=not args.quiet, **_postprocess_flags(args))
     print(f"wrote {len(result['written'])} label volume(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
              if result["failed"] else ""))
@@ -446,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAME_objects.png (outlines and count); separated by watershed for an "
                    "instance model (--task instances), connected components otherwise")
     _add_object_flags(p)
+    p.add_argument("--min-component-size", type=int, metavar="N",
+                   help="remove connected components smaller than N pixels (voxels) from "
+                   "every foreground class; they become background (default: the "
+                   "checkpoint's postprocess setting, else 0 = off)")
+    p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected component of each foreground "
+                   "class (default: the checkpoint's postprocess setting, else off)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common],
