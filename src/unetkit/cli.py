@@ -259,11 +259,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         save_probabilities=args.probabilities,
         save_overlay=args.overlay, device=args.device, progress=not args.quiet,
         instances=args.instances, min_object_size=args.min_object_size,
-        seed_threshold=args.seed_threshold)
+        seed_threshold=args.seed_threshold, **_postprocess_flags(args))
     print(f"wrote {len(result['written'])} mask(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
              if result["failed"] else ""))
     return 1 if result["failed"] else 0
+
+
+def _postprocess_flags(args: argparse.Namespace) -> dict:
+    """--min-component-size / --[no-]keep-largest as given (None: the checkpoint's),
+    checked against PostprocessConfig's ranges before any file is read."""
+    from .config import PostprocessConfig
+
+    given = {"min_component_size": args.min_component_size, "keep_largest": args.keep_largest}
+    PostprocessConfig(**{k: v for k, v in given.items() if v is not None})
+    return given
 
 
 def _volume_checkpoint(checkpoints: list[str]) -> bool:
@@ -286,7 +296,7 @@ def _predict_volumes(args: argparse.Namespace) -> int:
         args.checkpoint, args.inputs, args.out, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, precision=args.precision,
         save_probabilities=bool(args.probabilities), device=args.device,
-        progress=not args.quiet)
+        progress=not args.quiet, **_postprocess_flags(args))
     print(f"wrote {len(result['written'])} label volume(s) to {result['out_dir']}"
           + (f"; {len(result['failed'])} file(s) failed (listed above)"
              if result["failed"] else ""))
@@ -334,7 +344,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     size = tuple(args.size) if args.size else None
     result = export_model(args.checkpoint, args.format, args.out,
-                          example_size=size if size is None or len(size) == 2 else size[0],
+                          example_size=size if size is None or len(size) > 1 else size[0],
                           opset=args.opset, atol=args.atol)
     if result["max_abs_diff"] is None:  # export_model prints the verified difference
         print(f"exported {result['format']} to {result['path']} (not verified)")
@@ -471,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAME_objects.png (outlines and count); separated by watershed for an "
                    "instance model (--task instances), connected components otherwise")
     _add_object_flags(p)
+    p.add_argument("--min-component-size", type=int, metavar="N",
+                   help="remove connected components smaller than N pixels (voxels) from "
+                   "every foreground class; they become background (default: the "
+                   "checkpoint's postprocess setting, else 0 = off)")
+    p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected component of each foreground "
+                   "class (default: the checkpoint's postprocess setting, else off)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -490,14 +507,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[common],
                        help="export a checkpoint to ONNX or TorchScript, verified",
-                       description="Export with dynamic batch, height and width, then run "
-                       "the export at another size and compare with PyTorch.")
+                       description="Export with dynamic batch, height and width (and "
+                       "depth for a 3D checkpoint), then run the export at two other sizes "
+                       "and compare with PyTorch. ONNX uses PyTorch's torch.export-based "
+                       "exporter, or the TorchScript-based one where that fails (one "
+                       "warning line says why).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--size", type=int, nargs="+", metavar="N",
-                   help="trace size: one side or H W (default 64)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+                   help="trace size: one side, H W, or D H W for a 3D checkpoint "
+                   "(default 64; 32 in 3D)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed difference from PyTorch")
     p.set_defaults(func=cmd_export)

@@ -357,6 +357,46 @@ class InferenceConfig(_Checked):
 
 
 @dataclass
+class PostprocessConfig(_Checked):
+    """Connected-component clean-up of predicted labels (:mod:`unetkit.postprocess`).
+
+    Saved in config.json, so a checkpoint carries the clean-up that suits it (e.g. chosen
+    per class by cross-validation) and ``predict`` applies it; the predict flags
+    ``--min-component-size`` / ``--[no-]keep-largest`` override it. Config files written
+    before this section existed load with these defaults: no clean-up."""
+
+    SECTION: typing.ClassVar[str] = "postprocess"
+    # px (voxels): smaller components of a foreground class become background; 0 off; one
+    # value for every foreground class, or one per foreground class (class 1 first)
+    min_component_size: int | tuple[int, ...] = setting(0, ge=0)
+    # only the largest component of each foreground class stays: true, false, or the
+    # class indices (1..K-1) to do it for
+    keep_largest: bool | tuple[int, ...] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.keep_largest, tuple) and any(
+                isinstance(c, bool) or c < 1 for c in self.keep_largest):
+            raise setting_error(self.SECTION, "keep_largest", self.keep_largest,
+                                "true, false or foreground class indices (>= 1)")
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule changes a label map."""
+        sizes = self.min_component_size
+        sizes = sizes if isinstance(sizes, tuple) else (sizes,)
+        return any(s > 1 for s in sizes) or bool(self.keep_largest)
+
+    def override(self, min_component_size: int | tuple[int, ...] | None = None,
+                 keep_largest: bool | tuple[int, ...] | None = None) -> PostprocessConfig:
+        """A copy with the settings given (not None) replaced: flags over a checkpoint's."""
+        changes = {name: value for name, value in (("min_component_size", min_component_size),
+                                                   ("keep_largest", keep_largest))
+                   if value is not None}
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -364,6 +404,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Not a training section (no train flags): how predict cleans up this model's labels.
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

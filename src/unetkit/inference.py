@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, unwrap
-from .config import Config, InferenceConfig
+from .config import Config, InferenceConfig, PostprocessConfig
 from .data.io import IMAGE_SUFFIXES, DataError
 from .data.normalize import normalize_image
 from .data.regions import ImageSource, open_image
@@ -48,6 +48,7 @@ from .object_outputs import (
     write_object_files,
 )
 from .outputs import labels_of_probabilities, num_classes_of, probabilities
+from .postprocess_outputs import PostprocessedWriter
 from .runtime import select_device, select_precision
 from .tiling import (
     BLENDS,
@@ -404,19 +405,27 @@ def predict_probabilities(source: ImageSource, model: nn.Module, config: Config,
 
 def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
                   probabilities: str | None, with_overlay: bool, predict_args: dict,
-                  instances: dict | None = None) -> Path:
+                  instances: dict | None = None,
+                  postprocess: PostprocessConfig | None = None) -> Path:
     """Predict one image file, writing its outputs as the rows are finished; with
     ``instances`` (objects_from_probabilities' settings) also its objects, labelled after
-    stitching."""
+    stitching; with an active ``postprocess`` the mask (and overlay, and a semantic
+    model's objects) show the cleaned labels (:mod:`unetkit.postprocess_outputs`)."""
     with open_image(path) as source:
         num_classes = num_classes_of(config.model.out_channels)
-        outputs = PredictionWriter(out_dir, path.stem, source.shape[1:], num_classes,
-                                   probabilities, with_overlay)
+        cleaned = postprocess is not None and postprocess.active
+        if cleaned:
+            outputs = PostprocessedWriter(out_dir, path.stem, source.shape[1:], num_classes,
+                                          probabilities, with_overlay, postprocess, source)
+        else:
+            outputs = PredictionWriter(out_dir, path.stem, source.shape[1:], num_classes,
+                                       probabilities, with_overlay)
         # Objects need the whole image: an instance model's probabilities (float16, 2 bytes
-        # per class and pixel), another model's labels (the mask's own argmax).
+        # per class and pixel), another model's labels (the mask's own argmax; the
+        # cleaned-up writer keeps them anyway).
         whole = None
-        if instances is not None:
-            task = config.data.task == "instances"
+        task = config.data.task == "instances"
+        if instances is not None and (task or not cleaned):
             whole = np.empty((num_classes if task else 1, *source.shape[1:]),
                              dtype=np.float16 if task else np.int32)
         try:
@@ -430,6 +439,8 @@ def _predict_file(path: Path, model: nn.Module, config: Config, out_dir: Path,
         except BaseException:
             outputs.abort()
             raise
+        if instances is not None and whole is None:  # a semantic model's cleaned labels
+            whole = outputs.labels[None]
         if whole is not None:
             labels = objects_from_probabilities(whole, config, **instances)
             write_object_files(out_dir, path.stem, labels,
@@ -453,6 +464,8 @@ def predict_files(
     instances: bool = False,
     min_object_size: int = MIN_OBJECT_SIZE,
     seed_threshold: float = SEED_THRESHOLD,
+    min_component_size: int | tuple[int, ...] | None = None,
+    keep_largest: bool | tuple[int, ...] | None = None,
 ) -> dict:
     """Predict every image in ``inputs`` (files and/or folders) with a checkpoint.
 
@@ -472,6 +485,14 @@ def predict_files(
     Images are normalised with the checkpoint's ``data.mean``/``data.std`` (unless its
     ``data.normalize`` is "none") and must have ``model.in_channels`` channels.
 
+    Clean-up (:mod:`unetkit.postprocess`): the checkpoint's ``postprocess`` settings, with
+    ``min_component_size`` (connected components of a foreground class smaller than this,
+    px, become background; per class as a tuple) and ``keep_largest`` (True, False or class
+    indices: only the largest component of each stays) replacing them where not None. The
+    mask, the overlay and a semantic model's objects show the cleaned labels; the
+    probabilities stay as predicted. Cleaning holds the whole label image (1 byte per
+    pixel, plus 4 per pixel while a class is labelled).
+
     Memory does not grow with the image: images are read by rows where the file allows
     (``.npy``, TIFF; PNG/JPEG are decoded whole in their own dtype), and the outputs are
     written band by band as the tiles finish their rows (see :func:`predict_bands`).
@@ -490,6 +511,7 @@ def predict_files(
                          f"got {save_probabilities!r}")
     run_device = select_device(device or "auto")
     model, config = load_checkpoint(checkpoint, device=run_device, fold_batchnorm=True)
+    postprocess = config.postprocess.override(min_component_size, keep_largest)
     files = list_images(inputs)
     if not files:
         raise DataError(f"no image files found in {', '.join(str(i) for i in inputs)} "
@@ -513,7 +535,7 @@ def predict_files(
                                          save_overlay, predict_args,
                                          dict(min_size=min_object_size,
                                               seed_threshold=seed_threshold)
-                                         if instances else None))
+                                         if instances else None, postprocess))
             used_stems[path.stem] = path
         except WriteError:
             _report(failed, len(files))  # the disk is likely full: the rest would fail too

@@ -32,7 +32,8 @@ from .data.volumes import (
 )
 from .errors import writing
 from .metrics import confusion_matrix, hausdorff95, scores
-from .outputs import labels_of_probabilities, probabilities
+from .outputs import labels_of_probabilities, num_classes_of, probabilities
+from .postprocess import postprocess_labels
 from .runtime import select_device, select_precision
 from .volume_inference import as_numpy_volume, sliding_window
 
@@ -79,11 +80,19 @@ def predict_volume_files(checkpoint: str | Path, inputs: Sequence[str | Path],
                          out_dir: str | Path, overlap: float | None = None,
                          batch_size: int = 2, tta: bool = False, precision: str = "auto",
                          save_probabilities: bool = False, device: str | None = None,
-                         progress: bool = True) -> dict:
+                         progress: bool = True,
+                         min_component_size: int | tuple[int, ...] | None = None,
+                         keep_largest: bool | tuple[int, ...] | None = None) -> dict:
     """Write ``OUT/<stem>.<input suffix>`` label volumes (and ``<stem>_prob`` with
     ``save_probabilities``) for every volume in ``inputs``; a file that fails is reported
-    and skipped. Returns {"written": [...], "failed": [(path, message)], "out_dir"}."""
+    and skipped. Returns {"written": [...], "failed": [(path, message)], "out_dir"}.
+
+    The labels are cleaned up as the checkpoint's ``postprocess`` settings say, with
+    ``min_component_size`` (voxels) and ``keep_largest`` replacing them where not None
+    (see :func:`unetkit.inference.predict_files` and :mod:`unetkit.postprocess`)."""
     model, config = load_checkpoint(checkpoint, select_device(device or "auto"))
+    postprocess = config.postprocess.override(min_component_size, keep_largest)
+    classes = num_classes_of(config.model.out_channels)
     out = Path(out_dir)
     written, failed = [], []
     files = list_volumes(inputs)
@@ -96,7 +105,8 @@ def predict_volume_files(checkpoint: str | Path, inputs: Sequence[str | Path],
             target = out / f"{volume_stem(path)}{suffix}"
             with writing("output folder", out):
                 out.mkdir(parents=True, exist_ok=True)
-            write_volume_labels(target, labels_of_probabilities(probs).astype(np.int64), volume)
+            labels = postprocess_labels(labels_of_probabilities(probs), postprocess, classes)
+            write_volume_labels(target, labels.astype(np.int64), volume)
             if save_probabilities:
                 write_volume_probabilities(out / f"{volume_stem(path)}_prob{suffix}", probs,
                                            volume)

@@ -87,13 +87,14 @@ def center_crop(x: torch.Tensor, *sizes: int) -> torch.Tensor:
     (..., D, H, W).
 
     Used for the paper's skip connections (the encoder map is larger than the upsampled
-    decoder map) and to crop training targets to a valid-padding network's output.
+    decoder map) and to crop training targets to a valid-padding network's output. Each
+    size must be at most ``x``'s. ``narrow`` rather than slicing: the same view, but
+    ``torch.export`` keeps a narrowed side symbolic, where a slice's side becomes a
+    data-dependent value that instance normalisation cannot check (unetkit.export).
     """
-    crop = []
     for dim, size in zip(range(-len(sizes), 0), sizes):
-        start = (x.shape[dim] - size) // 2
-        crop.append(slice(start, start + size))
-    return x[(..., *crop)]
+        x = x.narrow(dim, (x.shape[dim] - size) // 2, size)
+    return x
 
 
 def pad_to_multiple(
