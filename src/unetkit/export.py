@@ -39,6 +39,7 @@ from .checkpoint import load_checkpoint, unwrap
 from .config import target_classes
 from .errors import UserError, writing
 from .models import UNet
+from .models.auxiliary import drop_auxiliary
 from .models.blocks import pad_to_multiple
 from .models.unet import nearest_valid_sizes
 from .outputs import logit_channels
@@ -148,7 +149,8 @@ def export_model(
 
     Args:
         checkpoint_or_model: a checkpoint folder (see :mod:`unetkit.checkpoint`) or a
-            module (a copy is exported, on the CPU, in eval mode).
+            module (a copy is exported, on the CPU, in eval mode, without auxiliary
+            heads of deep supervision: only the main output is exported).
         fmt: "onnx" (dynamic batch, height, width) or "torchscript" (``torch.jit.trace``;
             load with ``torch.jit.load``).
         example_size: traced input side or (H, W), pixels; default 64 (for a
@@ -164,7 +166,8 @@ def export_model(
         raise ValueError(f"export format must be one of {FORMATS}, got {fmt!r}")
     config = None
     if isinstance(checkpoint_or_model, nn.Module):
-        net = copy.deepcopy(unwrap(checkpoint_or_model)).cpu().float().eval()
+        # deep supervision's auxiliary heads are for training: never exported
+        net = drop_auxiliary(copy.deepcopy(unwrap(checkpoint_or_model))).cpu().float().eval()
     else:
         net, config = load_checkpoint(checkpoint_or_model, device="cpu", fold_batchnorm=True)
     in_channels = getattr(net, "in_channels", None)
