@@ -21,7 +21,6 @@ checkpoint with them load into a network without them and the other way round, a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -49,7 +48,9 @@ def crop_auxiliary(outputs: Sequence[torch.Tensor], sizes: Sequence[int],
     """Auxiliary outputs of an internally padded input cropped back (far side) to the
     input's ``sizes`` divided by each output's per-axis ``scales``, rounded up: the cells
     that a nearest-neighbour downsampling of the target keeps."""
-    return [out[(..., *(slice(0, math.ceil(s / f)) for s, f in zip(sizes, scale)))]
+    # ``s`` itself at scale 1: a traced export keeps the main output's crop symbolic
+    return [out[(..., *(slice(0, s if f == 1 else (s + f - 1) // f)
+                        for s, f in zip(sizes, scale)))]
             for out, scale in zip(outputs, scales)]
 
 

@@ -153,17 +153,18 @@ class UNet(nn.Module):
             self.ups.append(Up(width * 2, width, upsample, dims, scale))
             self.up_convs.append(DoubleConv(width * 2, width, pad(kernel), norm, dims, kernel))
         self.head = CONV[dims](widths[0], out_channels, kernel_size=1)
-        #: decoder stages (resolution levels 0 .. depth-1) and the levels with an auxiliary
-        #: head; registered after ``head``, so a network without them is initialised as
-        #: before they existed
+        init_kaiming(self)
+        #: decoder stages (resolution levels 0 .. depth-1); the auxiliary heads are made
+        #: last, so the rest is initialised alike with and without them
         self.decoder_levels = depth
         self.deep_supervision = deep_supervision
         levels = supervised_levels(depth) if deep_supervision else range(0)
-        self.aux_heads = (auxiliary_heads([widths[k] for k in levels], out_channels, dims)
-                          if deep_supervision else None)
+        self.aux_heads = None
+        if deep_supervision:
+            self.aux_heads = auxiliary_heads([widths[k] for k in levels], out_channels, dims)
+            init_kaiming(self.aux_heads)
         #: per output of ``model(x, auxiliary=True)``, its per-axis downsampling factor
         self.output_scales = level_scales(self.pool_sizes, range(0, 1 + len(levels)))
-        init_kaiming(self)
 
     def forward(self, x: torch.Tensor, auxiliary: bool = False
                 ) -> torch.Tensor | list[torch.Tensor]:
