@@ -165,7 +165,8 @@ class ModelConfig(_Checked):
     # nnU-Net's deep supervision (unetkit.deep_supervision): 1x1 heads on the decoder stages,
     # trained against nearest-downsampled masks, weights 1/2^k (the lowest stage 0), summed
     # to 1; training only: prediction and export use the main output, built without heads.
-    # MEASURED-COMMENT
+    # Off: on --demo multiclass --time 2m (CPU with avx512_bf16, no amx_bf16) the best
+    # validation Dice was 0.859 without it and 0.816 with it (one run each).
     deep_supervision: bool = False  # also train auxiliary outputs of the lower decoder stages
     # ResNetUNet (arch resnet_unet). The encoder is checked against unetkit.models.ENCODERS.
     encoder: str | None = None  # resnet18 ... resnet152 or a registered name; none: --resnet-depth
