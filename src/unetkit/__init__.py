@@ -27,6 +27,7 @@ _EXPORTS = {
     "load_checkpoint": "unetkit.checkpoint",
     "save_checkpoint": "unetkit.checkpoint",
     "build_model": "unetkit.checkpoint",
+    "load_weights": "unetkit.checkpoint",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -19,6 +19,7 @@ saving never destroys the previous checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from .config import Config, SettingError
 from .divergence import nonfinite_tensors
 from .errors import writing
 from .models import build_model  # re-exported: callers import it from here
+from .models.auxiliary import match_auxiliary
 from .models.fuse import fold_batchnorm as fold_conv_batchnorm
 
 WEIGHTS, CONFIG, METRICS, STATE = "model.safetensors", "config.json", "metrics.json", "state.pt"
@@ -122,6 +124,10 @@ def load_checkpoint(
 
     ``fold_batchnorm=True`` folds each BatchNorm into the convolution before it: the same
     outputs with fewer passes over memory, for prediction and export (not for training).
+
+    The model is the inference network: a checkpoint trained with deep supervision
+    (``model.deep_supervision``) loads without its auxiliary heads, whose weights are
+    left out; the returned Config still says how it was trained.
     """
     paths = ([folder] if isinstance(folder, (str, Path)) else list(folder))
     if len(paths) == 1:
@@ -131,22 +137,37 @@ def load_checkpoint(
     weights_path, config_path = checkpoint_files(paths[0])
     config = _read_config(config_path)
     try:
-        model = build_model(config.model, load_pretrained=False)
+        model = build_model(dataclasses.replace(config.model, deep_supervision=False),
+                            load_pretrained=False)
     except SettingError as err:  # e.g. an encoder registered by code not imported here
         raise CheckpointError(f"{config_path}: {err}") from err
+    load_weights(model, weights_path, config_path)
+    if fold_batchnorm:
+        model = fold_conv_batchnorm(model)
+    return model.to(device).eval(), config
+
+
+def load_weights(model: nn.Module, path: str | Path, config_path: Path | None = None
+                 ) -> nn.Module:
+    """``model`` (in place) with the weights of checkpoint ``path`` (any form
+    :func:`load_checkpoint` takes), strictly but for the auxiliary heads of deep
+    supervision: those the model lacks are left out, those the checkpoint lacks keep
+    their initial values. E.g. fine-tune a checkpoint trained without heads with them::
+
+        model = build_model(dataclasses.replace(config.model, deep_supervision=True))
+        load_weights(model, "runs/mine")
+    """
+    weights_path, found_config = checkpoint_files(path)
     try:
         weights = load_file(str(weights_path))
     except Exception as err:
         raise CheckpointError(f"{weights_path}: cannot read weights: {err}") from err
     try:
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(match_auxiliary(weights, model), strict=True)
     except RuntimeError as err:
-        raise CheckpointError(
-            f"{weights_path}: weights do not match the model in {config_path}: {err}"
-        ) from err
-    if fold_batchnorm:
-        model = fold_conv_batchnorm(model)
-    return model.to(device).eval(), config
+        raise CheckpointError(f"{weights_path}: weights do not match the model in "
+                              f"{config_path or found_config}: {err}") from err
+    return model
 
 
 # What load_checkpoint takes, for its errors.

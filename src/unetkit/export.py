@@ -57,6 +57,7 @@ from .checkpoint import load_checkpoint, unwrap
 from .config import target_classes
 from .errors import UserError, writing
 from .models import UNet
+from .models.auxiliary import drop_auxiliary
 from .models.blocks import per_axis
 from .models.unet import nearest_valid_sizes, valid_output_size
 from .outputs import logit_channels
@@ -301,7 +302,8 @@ def export_model(
 
     Args:
         checkpoint_or_model: a checkpoint folder (see :mod:`unetkit.checkpoint`) or a
-            module (a copy is exported, on the CPU, in eval mode); 2D or 3D.
+            module (a copy is exported, on the CPU, in eval mode, without auxiliary
+            heads of deep supervision: only the main output is exported); 2D or 3D.
         fmt: "onnx" (dynamic batch, (depth,) height, width; torch.export-based, falling
             back to the TorchScript-based exporter where that fails, see the module
             docstring) or "torchscript" (``torch.jit.trace``; load with ``torch.jit.load``).
@@ -321,7 +323,8 @@ def export_model(
         raise ValueError(f"export format must be one of {FORMATS}, got {fmt!r}")
     config = None
     if isinstance(checkpoint_or_model, nn.Module):
-        net = copy.deepcopy(unwrap(checkpoint_or_model)).cpu().float().eval()
+        # deep supervision's auxiliary heads are for training: never exported
+        net = drop_auxiliary(copy.deepcopy(unwrap(checkpoint_or_model))).cpu().float().eval()
     else:
         net, config = load_checkpoint(checkpoint_or_model, device="cpu", fold_batchnorm=True)
     in_channels = getattr(net, "in_channels", None)

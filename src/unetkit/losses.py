@@ -19,6 +19,9 @@ contribution to its sums (see :class:`DiceLoss`).
 
 Each forward pass checks that the non-ignored targets are valid class indices. That check
 costs one device-to-host sync per call.
+
+:class:`DeepSupervisionLoss` wraps any of them for nnU-Net's deep supervision: one loss per
+output of ``model(x, auxiliary=True)``, each against the target downsampled to it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unetkit.config import LossConfig, choices_of
+from unetkit.deep_supervision import (  # noqa: F401  (re-exported: the losses live here)
+    DeepSupervisionLoss,
+    deep_supervision_weights,
+    downsample_nearest,
+)
 from unetkit.outputs import is_binary, logit_channels
 
 LOSS_NAMES = choices_of(LossConfig, "name")  # declared once, in config.py
@@ -346,3 +354,4 @@ def build_loss(cfg: LossConfig, num_classes: int, ignore_index: int | None) -> n
         include_background=cfg.dice_include_background,
         ignore_index=ignore_index,
     )
+

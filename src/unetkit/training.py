@@ -64,7 +64,7 @@ from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
 from .log import get_logger
 from .loggers import check_loggers, logger_hooks
-from .losses import build_loss
+from .losses import DeepSupervisionLoss, build_loss
 from .models.blocks import center_crop
 from .models.registry import (
     check_model,
@@ -356,6 +356,8 @@ def build_run(requested: Config, state: dict | None, plan: dict | None = None) -
     guard = DivergenceGuard(tc.max_bad_steps, tc.max_loss_factor, config.optim.lr,
                             scaled_fp16=scaler.is_enabled())
     criterion = build_loss(config.loss, target_classes(config.data), config.data.ignore_index)
+    if config.model.deep_supervision:  # every decoder level's output (unetkit.deep_supervision)
+        criterion = DeepSupervisionLoss.for_model(criterion, unwrap(model))
     if budget is not None:
         budget.add("start-up", budget.elapsed() - sum(budget.parts.values()))
     return Run(config, rt, out, model, step_model, train_ds, val_ds, loader, val_loader,
@@ -533,12 +535,15 @@ def training_step(run: Run, batch: dict, epoch: int, step: int) -> torch.Tensor 
     image = batch["image"]
     if rt.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
+    deep = isinstance(run.criterion, DeepSupervisionLoss)  # it downsamples and crops
     with rt.autocast():
-        logits = run.step_model(image)
-    # Valid padding: the output is the centre of the input, so is the target.
-    target = center_crop(batch["mask"], *logits.shape[2:])
-    weight = center_crop(batch["weight"], *logits.shape[2:])
-    loss = run.criterion(logits.float(), target, weight)
+        logits = run.step_model(image, auxiliary=True) if deep else run.step_model(image)
+    if deep:
+        loss = run.criterion(logits, batch["mask"], batch["weight"])
+    else:  # valid padding: the output is the centre of the input, so is the target
+        target = center_crop(batch["mask"], *logits.shape[2:])
+        weight = center_crop(batch["weight"], *logits.shape[2:])
+        loss = run.criterion(logits.float(), target, weight)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)

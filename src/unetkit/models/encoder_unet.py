@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .auxiliary import auxiliary_heads, crop_auxiliary, supervised_levels
 from .blocks import DoubleConv, check_input, init_kaiming, pad_to_multiple
 from .encoders import Encoder
 from .layers import CONV, check_dims
@@ -43,6 +44,11 @@ class EncoderUNet(nn.Module):
             stage, back at full resolution, has no skip).
         freeze_encoder: do not train the encoder; its BatchNorm statistics also stay fixed
             (the encoder stays in eval mode even in ``model.train()``).
+        deep_supervision: also build nnU-Net's auxiliary 1x1 heads on the decoder stages
+            of strides 2 .. 2**(n-2) (levels 1 .. n-2, see :mod:`.auxiliary`);
+            ``model(x)`` never runs them, ``model(x, auxiliary=True)`` returns
+            ``[logits, stride 2, ..]``, each cropped to the input's size / its stride
+            (rounded up).
 
     Input (B, in_channels, H, W) of ANY size; output logits (B, num_classes, H, W): the
     input is padded internally (edge replication) to a multiple of the encoder's
@@ -53,7 +59,7 @@ class EncoderUNet(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int = 1,
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
-                 freeze_encoder: bool = False):
+                 freeze_encoder: bool = False, deep_supervision: bool = False):
         super().__init__()
         if not isinstance(encoder, Encoder):
             raise TypeError(f"{type(encoder).__name__} is not an encoder: it needs "
@@ -78,6 +84,16 @@ class EncoderUNet(nn.Module):
         self.head = CONV[dims](prev, num_classes, kernel_size=1)
         init_kaiming(self.decoder)
         init_kaiming(self.head)
+        self.decoder_levels = len(blocks)  # block i ends at level len(blocks) - 1 - i
+        self.deep_supervision = deep_supervision
+        levels = supervised_levels(len(blocks)) if deep_supervision else range(0)
+        self.aux_heads = None
+        if deep_supervision:
+            self.aux_heads = auxiliary_heads([decoder_channels[len(blocks) - 1 - k]
+                                              for k in levels], num_classes, dims)
+            init_kaiming(self.aux_heads)
+        #: per output of ``model(x, auxiliary=True)``, its per-axis downsampling factor
+        self.output_scales = [(2**k,) * dims for k in range(1 + len(levels))]
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -89,12 +105,22 @@ class EncoderUNet(nn.Module):
             self.encoder.eval()  # keep the frozen BatchNorm statistics fixed
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, auxiliary: bool = False
+                ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits; with ``auxiliary=True`` the list of the main logits and the auxiliary
+        heads' outputs, full resolution first."""
         check_input(x, self.in_channels, type(self).__name__, self.spatial_dims)
         x, sizes = pad_to_multiple(x, self.size_multiple, dims=self.spatial_dims)
         feats = self.encoder.features(x)
         x = feats[-1]
         skips = list(reversed(feats[:-1])) + [None]
-        for block, skip in zip(self.decoder, skips):
+        heads = self.aux_heads if auxiliary and self.aux_heads is not None else ()
+        coarse = []  # auxiliary outputs, coarsest first
+        for level, block, skip in zip(range(len(self.decoder) - 1, -1, -1), self.decoder,
+                                      skips):
             x = block(x, skip)
-        return self.head(x)[(..., *(slice(0, s) for s in sizes))]
+            if 1 <= level <= len(heads):
+                coarse.append(heads[level - 1](x))
+        if not auxiliary:
+            return self.head(x)[(..., *(slice(0, s) for s in sizes))]
+        return crop_auxiliary([self.head(x), *reversed(coarse)], sizes, self.output_scales)

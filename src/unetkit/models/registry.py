@@ -122,6 +122,7 @@ def _unet(cfg: ModelConfig, load_pretrained: bool) -> nn.Module:
         cfg.in_channels, cfg.out_channels, features=cfg.features, depth=cfg.depth,
         padding=cfg.padding, upsample=cfg.upsample, norm=cfg.norm, dropout=cfg.dropout,
         spatial_dims=cfg.spatial_dims, spacing=cfg.spacing or None,
+        deep_supervision=cfg.deep_supervision,
     )
 
 
@@ -132,4 +133,4 @@ def _encoder_unet(cfg: ModelConfig, load_pretrained: bool) -> nn.Module:
     encoder = build_encoder(name, cfg.in_channels, cfg.pretrained if load_pretrained else False,
                             spatial_dims=cfg.spatial_dims)
     return EncoderUNet(encoder, cfg.out_channels, tuple(cfg.decoder_channels),
-                       cfg.freeze_encoder)
+                       cfg.freeze_encoder, deep_supervision=cfg.deep_supervision)

@@ -32,6 +32,7 @@ class ResNetUNet(EncoderUNet):
         spatial_dims: 2 for images; 3 for volumes (a 3D ResNet with isotropic strides, see
             :class:`ResNet`; ``pretrained`` must then be False: no ImageNet weights exist
             for 3D).
+        deep_supervision: auxiliary heads for training, see :class:`EncoderUNet`.
 
     Input (B, in_channels, H, W) of ANY size; output logits (B, num_classes, H, W). The
     encoder halves the resolution five times, so the input is padded internally (edge
@@ -49,6 +50,7 @@ class ResNetUNet(EncoderUNet):
         freeze_encoder: bool = False,
         *,
         spatial_dims: int = 2,
+        deep_supervision: bool = False,
     ):
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 values, got {decoder_channels}")
@@ -56,4 +58,5 @@ class ResNetUNet(EncoderUNet):
                          spatial_dims=spatial_dims)
         if pretrained:
             encoder.load_pretrained(pretrained)
-        super().__init__(encoder, num_classes, decoder_channels, freeze_encoder)
+        super().__init__(encoder, num_classes, decoder_channels, freeze_encoder,
+                         deep_supervision)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .anisotropy import anisotropic_stages
+from .auxiliary import auxiliary_heads, crop_auxiliary, level_scales, supervised_levels
 from .blocks import DoubleConv, center_crop, check_input, init_kaiming, pad_to_multiple
 from .layers import (
     AXIS_NAMES,
@@ -82,11 +83,17 @@ class UNet(nn.Module):
             sizes are ``pool_sizes`` / ``kernel_sizes``, and the size arithmetic below is
             then per axis (:meth:`output_shape`, :meth:`valid_input_shape`,
             :meth:`margins`, ``size_multiples``).
+        deep_supervision: also build nnU-Net's auxiliary 1x1 heads on the decoder levels
+            1 .. depth-2 (see :mod:`.auxiliary`), for training with
+            :class:`unetkit.deep_supervision.DeepSupervisionLoss`; ``model(x)`` never runs them.
 
     Shapes: input (B, in_channels, H, W) float -> logits (B, out_channels, H', W'),
     with H' = H for same padding and H' = ``output_size(H)`` for valid padding; in 3D
     (B, in_channels, D, H, W) -> (B, out_channels, D', H', W'), (D', H', W') =
-    ``output_shape((D, H, W))``.
+    ``output_shape((D, H, W))``. ``model(x, auxiliary=True)``: the list
+    ``[logits, level 1, .., level depth-2]`` of (B, out_channels, *S_k), full resolution
+    first, level k ``output_scales[k]`` times coarser per axis (same padding: S_k is the
+    input's shape divided by it, rounded up; valid padding: what the convolutions leave).
     """
 
     def __init__(
@@ -102,6 +109,7 @@ class UNet(nn.Module):
         *,
         spatial_dims: int = 2,
         spacing: Sequence[float] | None = None,
+        deep_supervision: bool = False,
     ):
         super().__init__()
         if padding not in PADDINGS:
@@ -146,8 +154,22 @@ class UNet(nn.Module):
             self.up_convs.append(DoubleConv(width * 2, width, pad(kernel), norm, dims, kernel))
         self.head = CONV[dims](widths[0], out_channels, kernel_size=1)
         init_kaiming(self)
+        #: decoder stages (resolution levels 0 .. depth-1); the auxiliary heads are made
+        #: last, so the rest is initialised alike with and without them
+        self.decoder_levels = depth
+        self.deep_supervision = deep_supervision
+        levels = supervised_levels(depth) if deep_supervision else range(0)
+        self.aux_heads = None
+        if deep_supervision:
+            self.aux_heads = auxiliary_heads([widths[k] for k in levels], out_channels, dims)
+            init_kaiming(self.aux_heads)
+        #: per output of ``model(x, auxiliary=True)``, its per-axis downsampling factor
+        self.output_scales = level_scales(self.pool_sizes, range(0, 1 + len(levels)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, auxiliary: bool = False
+                ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits; with ``auxiliary=True`` (training with deep supervision) the list of the
+        main logits and the auxiliary heads' outputs, full resolution first."""
         check_input(x, self.in_channels, "UNet", self.spatial_dims)
         if self.padding == "same":
             # Instance norm cannot normalise a 1x1 bottleneck: give it at least 2x2.
@@ -162,15 +184,21 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x) if min(size) == 2 else max_pool(x, size)
         x = self.dropout(self.bottleneck(x))
-        for up, conv, skip in zip(self.ups, self.up_convs, reversed(skips)):
+        heads = self.aux_heads if auxiliary and self.aux_heads is not None else ()
+        coarse = []  # auxiliary outputs, coarsest first
+        for level, up, conv, skip in zip(range(self.depth - 1, -1, -1), self.ups,
+                                         self.up_convs, reversed(skips)):
             x = up(x)
             # Valid padding: the skip is larger than the upsampled map (the paper crops it).
             skip = center_crop(skip, *x.shape[2:])
             x = conv(torch.cat([skip, x], dim=1))
+            if 1 <= level <= len(heads):
+                coarse.append(heads[level - 1](x))
         x = self.head(x)
+        outputs = [x, *reversed(coarse)]
         if self.padding == "same":
-            x = x[(..., *(slice(0, s) for s in sizes))]
-        return x
+            outputs = crop_auxiliary(outputs, sizes, self.output_scales)
+        return outputs if auxiliary else outputs[0]
 
     # -- size arithmetic --------------------------------------------------------------
     # The scalar methods (one side) hold for every axis of a 2D or isotropic 3D network;
