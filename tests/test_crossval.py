@@ -70,6 +70,15 @@ def test_train_folds_summary_and_ensemble(tmp_path, capsys):
     configs = [load_config(out / f"fold_{i}") for i in range(3)]
     assert [(c.data.folds, c.data.fold) for c in configs] == [(3, 0), (3, 1), (3, 2)]
     assert len({c.data.mean for c in configs}) == 1  # one normalisation: ensemble-able
+    # the out-of-fold decision is stored in every fold's checkpoints and printed
+    import json
+
+    decided = json.loads((out / "postprocess.json").read_text())
+    assert decided["images"] == 9 and "post-processing from 9 out-of-fold" in printed
+    for c in configs:
+        stored = load_config(out / f"fold_{c.data.fold}").postprocess
+        assert stored.keep_largest in (False, tuple(decided["postprocess"]["keep_largest"]
+                                                     or ()))
     model, config = load_checkpoint(out)
     assert isinstance(model, Ensemble) and len(model.members) == 3
     # a cross-validation folder predicts as the ensemble
@@ -97,3 +106,28 @@ def test_one_fold_alone(tmp_path):
     config = load_config(out)
     assert (config.data.folds, config.data.fold) == (3, 1)
     assert not (out / "fold_1").exists()  # one plain run of that fold
+
+
+def test_postprocessing_is_kept_only_where_the_dice_does_not_drop():
+    import numpy as np
+
+    from unetkit.crossval_postprocess import class_dice, decide
+
+    truth = np.zeros((20, 20), np.int64)
+    truth[2:10, 2:10] = 1  # one large object of class 1 (64 px)
+    truth[12:18, 12:18] = 2  # and one of class 2 (36 px)
+    noisy = truth.copy()
+    noisy[15, 3] = 1  # a 1-px false positive of class 1
+    assert class_dice([noisy], [truth], 1) == pytest.approx(2 * 64 / (65 + 64))
+    chosen, rows = decide([noisy], [truth], 3)
+    speck = {r["class"]: r for r in rows}[1]
+    # a 1-px speck: both clean-ups remove it and raise the Dice: both kept for class 1
+    assert speck["keep_largest"] and speck["remove_small"] and speck["min_size"] == 32
+    assert speck["dice_largest"] == speck["dice_small"] == 1.0 > speck["dice"]
+    assert chosen.min_component_size[0] == 32 and 1 in chosen.keep_largest
+    split = truth.copy()
+    split[5, 2:10] = 0  # class 1 predicted in two parts: largest-only loses one
+    chosen, rows = decide([split], [truth], 3)
+    cut = {r["class"]: r for r in rows}[1]
+    assert cut["dice_largest"] < cut["dice"] and not cut["keep_largest"]
+    assert chosen.keep_largest in (False, (2,))  # class 2 was predicted right: no change

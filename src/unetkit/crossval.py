@@ -1,6 +1,7 @@
 """Cross-validation: ``unetkit train --folds K`` trains K runs, run i validating on the
-i-th of K parts of the data, each in OUT/fold_i, and summarises the folds' best
-validation scores (OUT/folds.csv and a printed table).
+i-th of K parts of the data, each in OUT/fold_i, summarises the folds' best validation
+scores (OUT/folds.csv and a printed table), and decides the post-processing from the
+out-of-fold predictions (:mod:`unetkit.crossval_postprocess`).
 
 The folds share one normalisation (statistics of all training images, as nnU-Net
 computes them), so their checkpoints form an ensemble: ``unetkit predict --checkpoint
@@ -69,6 +70,10 @@ def train_folds(config: Config, folds: int, progress: bool = True,
     summary = {"rows": rows, "mean": mean_row(rows),
                "csv": Path(config.train.out) / "folds.csv"}
     write_folds_csv(summary)
+    if config.data.task == "semantic":  # the instance task's objects come from watershed
+        from .crossval_postprocess import decide_postprocessing
+
+        summary["postprocess"] = decide_postprocessing(config.train.out, folds)
     return summary
 
 
@@ -102,4 +107,8 @@ def format_folds(summary: dict) -> str:
         lines.append(f"{r['fold']!s:>5} {epoch:>6} {r['val_dice']:>9.4f} {r['val_iou']:>8.4f} "
                      f"{format_duration(r['elapsed_s']):>8}")
     lines.append(f"summary: {summary['csv']}")
+    if "postprocess" in summary:
+        from .crossval_postprocess import format_decision
+
+        lines.append(format_decision(summary["postprocess"]))
     return "\n".join(lines)
