@@ -34,6 +34,7 @@ def test_messages_can_be_redirected_and_silenced(tmp_path, capsys, restore_logge
             records.append(record.getMessage())
 
     LOGGER.handlers = [Keep()]
+    LOGGER.setLevel(logging.INFO)
     train(tiny(tmp_path / "a"))
     assert any(m.startswith("epoch   1/1") for m in records)
     assert any(m.startswith("done: best validation Dice") for m in records)
@@ -45,11 +46,22 @@ def test_messages_can_be_redirected_and_silenced(tmp_path, capsys, restore_logge
     assert records == []
 
 
-def test_cli_quiet_and_verbose_set_the_level(tmp_path, restore_logger):
-    assert main(["make-demo-data", str(tmp_path / "d"), "--count", "2", "--size", "32",
-                 "--verbose"]) == 0
-    assert LOGGER.level == logging.DEBUG
+def test_cli_quiet_and_verbose_set_the_level(tmp_path, restore_logger, monkeypatch):
+    from unetkit import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_make_demo_data", lambda args: seen.append(LOGGER.level) or 0)
+    LOGGER.setLevel(logging.INFO)
+    assert main(["make-demo-data", str(tmp_path / "d"), "--verbose"]) == 0
+    assert seen == [logging.DEBUG] and LOGGER.level == logging.INFO  # restored after
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    LOGGER.handlers = [Keep()]
     assert main(["train", "--epochs", "1", "--demo-count", "6", "--demo-size", "48",
                  "--patch-size", "32", "--features", "4", "--depth", "2", "--quiet",
                  "--out", str(tmp_path / "r")]) == 0
-    assert LOGGER.level == logging.WARNING
+    assert records == []  # --quiet: no INFO lines at all

@@ -571,10 +571,18 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     if relaunch:
         relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
-    from .log import set_verbosity
+    from .log import LOGGER, set_verbosity
 
+    level = LOGGER.level  # restored afterwards: main() may run inside a Python process
     set_verbosity(quiet=getattr(args, "quiet", False), verbose=args.verbose)
     debug = args.debug or bool(os.environ.get("UNETKIT_DEBUG"))
+    try:
+        return _run(args, debug)
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
