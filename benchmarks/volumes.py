@@ -64,7 +64,7 @@ def measure(task: str, key: str, quick: bool) -> dict:
 
     from unetkit.config import LossConfig
     from unetkit.losses import build_loss
-    from unetkit.runtime import select_precision
+    from unetkit.runtime import precision_name, select_precision
 
     device = torch.device("cpu")
     sizes = run.QUICK if quick else run.FULL
@@ -108,7 +108,7 @@ def measure(task: str, key: str, quick: bool) -> dict:
     memory.start()
     timing = run.time_iterations(step, lambda: None, sizes)
     n, seconds = timing["iterations"], timing["seconds"]
-    return {**timing, "shape": list(shape), "precision": str(dtype).replace("torch.", ""),
+    return {**timing, "shape": list(shape), "precision": precision_name(dtype),
             "images_per_s": shape[0] * n / seconds, "flops_per_iteration": flops,
             "gflops_per_s": flops * n / seconds / 1e9, **memory.report()}
 
@@ -180,10 +180,10 @@ def main() -> None:
             results[name] = json.loads(Path(f.name).read_text())
         print(name, "done", flush=True)
     cpu = "AVX-512 BF16" if cpu_has_fast_bf16() else "AVX2 (no native bf16)"
-    text = report(results, cpu)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "volumes.json").write_text(json.dumps({"cpu": cpu, **results}, indent=1) + "\n")
+    text = report(results, cpu)
     (out / "volumes.md").write_text(text)
     print(text)
 

@@ -237,3 +237,22 @@ def test_predict_volume_files_cleans_the_label_volume(tmp_path):
     cleaned = predict_volume_files(ckpt, [tmp_path / "vol.npy"], tmp_path / "clean",
                                    progress=False, keep_largest=True)["written"][0]
     np.testing.assert_array_equal(np.load(cleaned), keep_largest_component(labels))
+
+
+def test_evaluate_scores_what_predict_writes_with_the_stored_cleanup(predicted, tmp_path):
+    """A checkpoint carrying post-processing (e.g. from train --folds) is evaluated with it:
+    the scores describe the masks predict writes."""
+    from unetkit.evaluate import evaluate_folder
+    from unetkit.metrics import confusion_matrix, scores
+
+    data, _, masks = predicted
+    ckpt = checkpoint(tmp_path / "ckpt_eval", PostprocessConfig(keep_largest=True))
+    summary = evaluate_folder(ckpt, data, out_csv=tmp_path / "e.csv", tile=16,
+                              progress=False)
+    total = torch.zeros(2, 2, dtype=torch.int64)
+    for name, mask in masks.items():
+        truth = read_mask(data / "masks" / name, 2)
+        cleaned = keep_largest_component(mask)
+        total += confusion_matrix(torch.from_numpy(cleaned[None]),
+                                  torch.from_numpy(truth[None]), 2)
+    assert summary["overall"]["mean_dice"] == pytest.approx(scores(total)["mean_dice"])

@@ -31,6 +31,7 @@ from .metrics import confusion_matrix, hausdorff95, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
 from .object_outputs import MIN_OBJECT_SIZE, SEED_THRESHOLD, objects_from_probabilities
 from .outputs import labels_of_probabilities, num_classes_of
+from .postprocess import postprocess_labels
 from .runtime import select_device
 
 log = get_logger(__name__)
@@ -267,6 +268,8 @@ def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Pat
     labels = labels_of_probabilities(probs)
     if data.task == "instances":
         labels = (labels > 0).astype(np.int64)  # interior or boundary: foreground
+    else:  # scored as predict writes it: with the checkpoint's clean-up
+        labels = postprocess_labels(labels, config.postprocess, num_classes)
     cm = confusion_matrix(torch.from_numpy(labels), torch.from_numpy(mask), num_classes,
                           data.ignore_index)
     result = scores(cm)

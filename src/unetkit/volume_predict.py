@@ -139,7 +139,9 @@ def evaluate_volumes(checkpoint: str | Path, data_dir: str | Path, out_csv: str 
         except (DataError, ValueError, OSError) as err:
             failed.append((pair.name, str(err)))
             continue
-        labels = torch.from_numpy(labels_of_probabilities(probs).astype(np.int64))
+        # scored as predict writes it: with the checkpoint's clean-up
+        labels = torch.from_numpy(postprocess_labels(
+            labels_of_probabilities(probs).astype(np.int64), config.postprocess, classes))
         cm = confusion_matrix(labels[None], torch.from_numpy(truth)[None], classes,
                               config.data.ignore_index)
         total += cm
