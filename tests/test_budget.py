@@ -85,6 +85,9 @@ def test_budget_keeps_time_for_the_end_and_learns_its_cost():
     assert budget.fraction() == 1.0
     budget.add("training", 61)
     assert budget.summary().startswith("1m 31s of 1m 40s (91%): planning 10s, training 1m 01s")
+    # a resumed run names what it had used before
+    resumed = Budget(100, used=30, used_by="before resuming", clock=clock)
+    assert resumed.summary() == "30s of 1m 40s (30%): before resuming 30s"
 
 
 def test_schedule_over_time_warms_up_then_ends_with_the_time():
@@ -104,21 +107,21 @@ def test_schedule_over_time_warms_up_then_ends_with_the_time():
 
 def test_budgeted_run_stops_in_time_and_resumes_with_the_rest(tmp_path):
     out = tmp_path / "run"
-    result = train(tiny_config(out, 4.0), progress=False)
+    result = train(tiny_config(out, 6.0), progress=False)
     rows = result.history
     assert len(rows) > 1  # many short epochs fit
     # ends with the budget: the last save finished by the end (generous for busy machines)
-    assert rows[-1]["elapsed_s"] <= 4.0 * 1.25
+    assert rows[-1]["elapsed_s"] <= 6.0 * 1.25
     assert rows[-1]["lr"] < 0.2 * rows[0]["lr"] or rows[0]["lr"] < 1e-4 * 0.2
     state = torch.load(out / "checkpoints" / "last" / "state.pt", weights_only=False)
-    assert 0 < state["budget_used"] <= 5.0
+    assert 0 < state["budget_used"] <= 7.5
     # resume with a larger total: the run continues from what it had used
     resumed = train(dataclasses.replace(
-        tiny_config(out, 7.0), train=dataclasses.replace(
-            tiny_config(out, 7.0).train, resume=True)), progress=False)
+        tiny_config(out, 10.0), train=dataclasses.replace(
+            tiny_config(out, 10.0).train, resume=True)), progress=False)
     assert len(resumed.history) > len(rows)
     assert resumed.history[len(rows)]["elapsed_s"] >= state["budget_used"]
-    assert resumed.history[-1]["elapsed_s"] <= 7.0 * 1.25
+    assert resumed.history[-1]["elapsed_s"] <= 10.0 * 1.25
 
 
 def test_resume_of_a_spent_budget_trains_nothing(tmp_path, capsys):
@@ -133,7 +136,6 @@ def test_resume_of_a_spent_budget_trains_nothing(tmp_path, capsys):
     assert len(again.history) == len(first.history)
     printed = capsys.readouterr().out
     assert f"already used its {format_duration(total)}; pass a larger --time" in printed
-    assert "before resuming" in printed
 
 
 def test_train_plans_by_default_and_saves_the_plan(tmp_path, capsys):
