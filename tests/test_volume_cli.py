@@ -65,8 +65,9 @@ def test_volumes_train_predict_and_evaluate_in_3d(volume_folder, tmp_path, capsy
     assert len(rows) == 4 and "hd95_foreground" in rows[0]
 
 
-def test_make_demo_data_volumes_writes_nifti_with_spacing(tmp_path):
+def test_make_demo_data_volumes_writes_nifti_with_spacing(tmp_path, capsys):
     assert main(["make-demo-data", str(tmp_path / "v"), "--volumes", "--count", "2"]) == 0
+    assert "wrote 2 demo volumes" in capsys.readouterr().out
     image = nib.load(tmp_path / "v" / "images" / "vol_000.nii.gz")
     assert image.shape == (96, 96, 24)
     assert tuple(float(z) for z in image.header.get_zooms()) == (1.0, 1.0, 3.0)

@@ -387,10 +387,11 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
     if args.volumes:
         from .data.synthetic_volumes import write_demo_volumes
 
-        path = write_demo_volumes(args.directory, count=args.count, seed=args.seed)
-        print(f"wrote {args.count} demo volumes (NIfTI) with masks to {path}")
+        count = args.count or 24
+        path = write_demo_volumes(args.directory, count=count, seed=args.seed)
+        print(f"wrote {count} demo volumes (NIfTI) with masks to {path}")
         return 0
-
+    args.count = args.count or 64
     path = write_demo_data(args.directory, count=args.count, size=args.size, seed=args.seed,
                            multiclass=args.multiclass)
     print(f"wrote {args.count} demo images with masks and instance labels to {path}")
@@ -550,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-demo-data", parents=[common],
                        help="write the built-in demo data set to a folder")
     p.add_argument("directory")
-    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--count", type=int, help="images (default 64) or volumes (default 24)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multiclass", action="store_true",
