@@ -37,13 +37,14 @@ def out_of_fold(out: Path, folds: int) -> tuple[list[np.ndarray], list[np.ndarra
     from .data.pairing import split_for
     from .data.volume_folder import volume_items
 
-    preds, truths, first = [], [], None
+    preds, truths, first, items = [], [], None, None
     for fold in range(folds):
         model, config = load_checkpoint(out / f"fold_{fold}" / "checkpoints" / "best")
         first = first or config
         volumes = config.model.spatial_dims == 3
-        items = volume_items(config.data) if volumes else dataset_items(config.data,
-                                                                        config.train.seed)
+        if items is None:  # the same data for every fold: read (or generated) once
+            items = volume_items(config.data) if volumes else dataset_items(
+                config.data, config.train.seed)
         _, held_out = split_for(items, config.data, config.train.seed)
         for item in held_out:
             truth, probs = _predict_item(model, config, item, volumes)
