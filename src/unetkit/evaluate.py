@@ -27,7 +27,7 @@ from .data.regions import open_image
 from .errors import replacing, writing
 from .inference import predict_probabilities
 from .log import get_logger
-from .metrics import confusion_matrix, hausdorff95, scores
+from .metrics import confusion_matrix, hausdorff95, nanmean, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
 from .object_outputs import MIN_OBJECT_SIZE, SEED_THRESHOLD, objects_from_probabilities
 from .outputs import labels_of_probabilities, num_classes_of
@@ -95,15 +95,10 @@ def _row(name: str, result: dict, class_names: list[str], hd_names: list[str] | 
     if "objects" in result:
         objects = result["objects"]
         row.update({"object_f1_0.5": f1_at(objects), "object_ap_0.5": ap_at(objects),
-                    "object_ap_mean": _nanmean(objects["ap"]), "object_pq": objects["pq"],
+                    "object_ap_mean": nanmean(objects["ap"]), "object_pq": objects["pq"],
                     "true_objects": objects["true"], "predicted_objects": objects["predicted"],
                     "merged_objects": objects["merged"], "split_objects": objects["split"]})
     return row
-
-
-def _nanmean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
 
 
 def evaluate_folder(
@@ -225,9 +220,9 @@ def _overall(total: torch.Tensor, per_image: list[dict], hausdorff: bool,
     """Scores of the summed confusion matrix, the mean HD95 and the pooled object scores."""
     overall = scores(total)
     if hausdorff:
-        overall["hd95"] = [_nanmean([r["hd95"][i] for r in per_image])
+        overall["hd95"] = [nanmean([r["hd95"][i] for r in per_image])
                            for i in range(num_classes - 1)]
-        overall["mean_hd95"] = _nanmean(overall["hd95"])
+        overall["mean_hd95"] = nanmean(overall["hd95"])
     objects = [r["objects"] for r in per_image if "objects" in r]
     if objects:
         overall["objects"] = pool_object_scores(objects)
@@ -275,7 +270,7 @@ def _score_one(model, config, image_path: Path, mask_path: Path, truth_path: Pat
     result = scores(cm)
     if hausdorff:
         result["hd95"] = [hausdorff95(labels == c, mask == c) for c in range(1, num_classes)]
-        result["mean_hd95"] = _nanmean(result["hd95"])
+        result["mean_hd95"] = nanmean(result["hd95"])
     if truth is not None:
         predicted = objects_from_probabilities(probs, config, **object_settings)
         result["objects"] = object_scores(truth, predicted)
@@ -317,5 +312,5 @@ def format_table(summary: dict) -> str:
                      f"{objects['merged']} merged, {objects['split']} split; "
                      f"F1@0.5 {_fmt(f1_at(objects)).strip()}  AP@0.5 "
                      f"{_fmt(ap_at(objects)).strip()}  AP@0.5:0.95 "
-                     f"{_fmt(_nanmean(objects['ap'])).strip()}  PQ {_fmt(objects['pq']).strip()}")
+                     f"{_fmt(nanmean(objects['ap'])).strip()}  PQ {_fmt(objects['pq']).strip()}")
     return "\n".join(lines)

@@ -196,6 +196,12 @@ class MetricTracker:
         return scores(cm)
 
 
+def nanmean(values) -> float:
+    """The mean of the defined (non-NaN) scores; NaN when none is defined."""
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """Mask pixels with at least one 4-connected (face) neighbour outside the mask; pixels
     on the image border count as boundary."""

@@ -89,13 +89,18 @@ def _plan_same(size: int, tile: int, overlap: float, multiple: int) -> _Axis:
     ``multiple``; smaller when the image is smaller) spread evenly from the first to the
     last pixel with at least ``overlap * side`` pixels of overlap."""
     side = min(_round_up(tile, multiple), _round_up(size, multiple))
+    return _Axis(size, even_starts(size, side, overlap), side, side, 0)
+
+
+def even_starts(size: int, side: int, overlap: float) -> tuple[int, ...]:
+    """First pixels of tiles of ``side`` along an axis of ``size``: from the first to the
+    last pixel with at least ``overlap * side`` pixels shared by neighbours. Evenly
+    spread positions make the overlaps equal instead of leaving a thin last tile."""
     if size <= side:
-        return _Axis(size, (0,), side, side, 0)
+        return (0,)
     step = max(1, int(side * (1.0 - overlap)))
     count = math.ceil((size - side) / step) + 1
-    # Evenly spread positions make the overlaps equal instead of leaving a thin last tile.
-    starts = np.round(np.linspace(0, size - side, count)).astype(int)
-    return _Axis(size, tuple(int(s) for s in starts), side, side, 0)
+    return tuple(int(s) for s in np.round(np.linspace(0, size - side, count)).astype(int))
 
 
 def _plan_valid(size: int, tile: int, net: UNet) -> _Axis:
@@ -111,7 +116,7 @@ def _plan_valid(size: int, tile: int, net: UNet) -> _Axis:
     return _Axis(size, starts, in_side, out_side, net.margin())
 
 
-def _axis_weight(side: int, blend: str, sigma_scale: float) -> np.ndarray:
+def axis_weight(side: int, blend: str, sigma_scale: float) -> np.ndarray:
     """(side,) float64 1-D blending weight, peak 1 at the centre."""
     if blend == "constant":
         return np.ones(side)
@@ -125,7 +130,7 @@ def _axis_weight(side: int, blend: str, sigma_scale: float) -> np.ndarray:
 def _normalised_axis_weights(axis: _Axis, blend: str, sigma_scale: float) -> list[np.ndarray]:
     """For each tile of ``axis``: (out_side,) weight divided by the sum over all tiles at
     each pixel, so that the per-pixel sum over tiles of (row weight x column weight) is 1."""
-    weight = _axis_weight(axis.out_side, blend, sigma_scale)
+    weight = axis_weight(axis.out_side, blend, sigma_scale)
     total = np.zeros(max(axis.size, axis.starts[-1] + axis.out_side))
     for start in axis.starts:
         total[start : start + axis.out_side] += weight

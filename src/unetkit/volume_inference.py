@@ -10,7 +10,6 @@ NIfTI / TIFF-stack / .npy volumes.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,26 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-SIGMA_SCALE = 0.125  # Gaussian sigma per tile side, as nnU-Net
+from .tiling import axis_weight, even_starts
+
+SIGMA_SCALE = 0.125  # Gaussian sigma per tile side, as the 2D tiling (and nnU-Net)
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
-    """First voxels of the tiles along one axis: evenly spaced, the last one ending at the
-    border, neighbours sharing at least ``overlap`` of a tile."""
-    if size <= tile:
-        return [0]
-    count = math.ceil((size - tile) / (tile * (1 - overlap))) + 1
-    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+    """First voxels of the tiles along one axis: the 2D tiling's rule
+    (:func:`unetkit.tiling.even_starts`)."""
+    return list(even_starts(size, tile, overlap))
 
 
 def gaussian_importance(tile: Sequence[int], device: torch.device) -> torch.Tensor:
-    """(d, h, w) float32 weights, 1 at the centre, falling off with sigma = tile/8; never
-    0, so every voxel of a tile counts a little."""
-    axes = [torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - (n - 1) / 2)
-                              / max(n * SIGMA_SCALE, 1e-3)) ** 2) for n in tile]
+    """(d, h, w) float32 weights, 1 at the centre, the product of the 2D tiling's per-axis
+    Gaussians (:func:`unetkit.tiling.axis_weight`), never 0."""
+    axes = [torch.from_numpy(axis_weight(n, "gaussian", SIGMA_SCALE)).float() for n in tile]
     weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    weight = weight / weight.max()
-    return weight.clamp_min(1e-3).to(device)
+    return (weight / weight.max()).to(device)
 
 
 def _forward(model: nn.Module, tiles: torch.Tensor, tta: bool) -> torch.Tensor:

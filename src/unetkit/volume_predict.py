@@ -8,7 +8,6 @@ NIfTI) from its spacing.
 from __future__ import annotations
 
 import csv
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from .data.volumes import (
     write_volume_probabilities,
 )
 from .errors import writing
-from .metrics import confusion_matrix, hausdorff95, scores
+from .metrics import confusion_matrix, hausdorff95, nanmean, scores
 from .outputs import labels_of_probabilities, num_classes_of, probabilities
 from .postprocess import postprocess_labels
 from .runtime import select_device, select_precision
@@ -158,7 +157,7 @@ def evaluate_volumes(checkpoint: str | Path, data_dir: str | Path, out_csv: str 
     summary = {"volumes": len(rows), "failed": failed, "class_names": names,
                "dice": overall["dice"], "iou": overall["iou"],
                "mean_dice": overall["mean_dice"], "mean_iou": overall["mean_iou"],
-               "hd95": {n: _finite_mean(v) for n, v in hd_all.items()} if hausdorff else {}}
+               "hd95": {n: nanmean(v) for n, v in hd_all.items()} if hausdorff else {}}
     if rows:
         with writing("evaluation", Path(out_csv)):
             with open(out_csv, "w", newline="") as f:
@@ -166,11 +165,6 @@ def evaluate_volumes(checkpoint: str | Path, data_dir: str | Path, out_csv: str 
                 writer.writeheader()
                 writer.writerows(rows)
     return summary
-
-
-def _finite_mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def format_volume_table(summary: dict) -> str:
