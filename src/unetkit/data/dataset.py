@@ -212,13 +212,18 @@ class SegmentationDataset(EpochSamples):
 
     def _foreground_pixel(self, rng: np.random.Generator, mask: np.ndarray
                           ) -> tuple[int, int] | None:
-        """A random pixel of a random foreground class present in the mask (each class
-        equally likely, so rare classes are seen as often as common ones); None if none."""
-        classes = [c for c in np.unique(mask).tolist()
-                   if c != 0 and c != self.cfg.ignore_index]
-        if not classes:
-            return None
-        cls = classes[int(rng.integers(len(classes)))]
-        flat = np.flatnonzero(mask == cls)
-        y, x = np.unravel_index(flat[int(rng.integers(flat.size))], mask.shape)
-        return int(y), int(x)
+        return random_foreground(rng, mask, self.cfg.ignore_index)
+
+
+def random_foreground(rng: np.random.Generator, mask: np.ndarray,
+                      ignore_index: int | None) -> tuple[int, ...] | None:
+    """The index of a random pixel (voxel) of a random foreground class present in the
+    mask (each class equally likely, so rare classes are seen as often as common ones);
+    None if there is none. The images' and the volumes' foreground oversampling."""
+    classes = [c for c in np.unique(mask).tolist() if c != 0 and c != ignore_index]
+    if not classes:
+        return None
+    cls = classes[int(rng.integers(len(classes)))]
+    flat = np.flatnonzero(mask == cls)
+    return tuple(int(i) for i in np.unravel_index(flat[int(rng.integers(flat.size))],
+                                                  mask.shape))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from unetkit.config import DataConfig
-from unetkit.data.dataset import EpochSamples
+from unetkit.data.dataset import EpochSamples, random_foreground
 from unetkit.data.io import DataError
 from unetkit.data.normalize import normalize_image
 
@@ -110,7 +110,7 @@ class VolumeDataset(EpochSamples):
             mask = np.pad(mask, pads, mode="reflect")
         corner = None
         if rng.random() < self.cfg.foreground_oversample:
-            voxel = self._foreground_voxel(rng, mask)
+            voxel = random_foreground(rng, mask, self.cfg.ignore_index)
             if voxel is not None:
                 corner = [min(max(v - p // 2, 0), s - p)
                           for v, p, s in zip(voxel, self.patch, mask.shape)]
@@ -118,15 +118,3 @@ class VolumeDataset(EpochSamples):
             corner = [int(rng.integers(0, s - p + 1)) for p, s in zip(self.patch, mask.shape)]
         window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch))
         return image[(slice(None), *window)], mask[window]
-
-    def _foreground_voxel(self, rng: np.random.Generator, mask: np.ndarray
-                          ) -> tuple[int, ...] | None:
-        """A random voxel of a random foreground class present (each class equally likely,
-        so rare classes are seen as often as common ones); None without foreground."""
-        classes = [c for c in np.unique(mask).tolist()
-                   if c != 0 and c != self.cfg.ignore_index]
-        if not classes:
-            return None
-        flat = np.flatnonzero(mask == classes[int(rng.integers(len(classes)))])
-        return tuple(int(i) for i in np.unravel_index(flat[int(rng.integers(flat.size))],
-                                                      mask.shape))
