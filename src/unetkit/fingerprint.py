@@ -149,13 +149,24 @@ def _size_stats(heights: list[int], widths: list[int]) -> dict:
     return {"height": stats(heights), "width": stats(widths)}
 
 
+def range_spread(samples: Sequence[np.ndarray]) -> float:
+    """How much the images' intensity ranges differ: the widest image's 1-99% range over
+    the narrowest's, the largest such ratio over the channels (1.0: alike). 8- and 16-bit
+    files in one set, or exposures that differ, give large values."""
+    ranges = np.stack([np.percentile(s, 99, axis=1) - np.percentile(s, 1, axis=1)
+                       for s in samples])  # (images, C)
+    ranges = np.maximum(ranges, 1e-6)
+    return float((ranges.max(axis=0) / ranges.min(axis=0)).max())
+
+
 def _intensity(samples: list[np.ndarray], lows: np.ndarray, highs: np.ndarray) -> dict:
     """Per-channel statistics of the pixel sample ((C, n) arrays), [0, 1] units."""
     pixels = np.concatenate(samples, axis=1).astype(np.float64)
     return {"mean": pixels.mean(axis=1).tolist(), "std": pixels.std(axis=1).tolist(),
             "p0_5": np.percentile(pixels, 0.5, axis=1).tolist(),
             "p99_5": np.percentile(pixels, 99.5, axis=1).tolist(),
-            "min": lows.tolist(), "max": highs.tolist(), "sampled_pixels": pixels.shape[1]}
+            "min": lows.tolist(), "max": highs.tolist(), "sampled_pixels": pixels.shape[1],
+            "range_spread": range_spread(samples)}
 
 
 def _objects(areas: np.ndarray, touching: int, source: str) -> dict:
@@ -282,7 +293,8 @@ def format_fingerprint(fp: dict) -> str:
         f"width px     min {s['width']['min']}  median {s['width']['median']:g}  "
         f"max {s['width']['max']}",
         f"intensity    mean {nums(it['mean'])}  std {nums(it['std'])}",
-        f"             0.5% {nums(it['p0_5'])}  99.5% {nums(it['p99_5'])}",
+        f"             0.5% {nums(it['p0_5'])}  99.5% {nums(it['p99_5'])}"
+        f"  ranges differ {it.get('range_spread', 1.0):.1f}x between images",
         f"classes      {cl['num_classes']} ({cl['mask_encoding']})  pixel fraction "
         f"{nums(cl['pixel_fraction'])}",
         f"objects      {ob['count']} from {ob['source']}",

@@ -24,6 +24,7 @@ Longer than our usual 400 lines because of the public functions' argument docs.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, unwrap
 from .config import Config, InferenceConfig, PostprocessConfig
 from .data.io import IMAGE_SUFFIXES, DataError
-from .data.normalize import normalize_image
+from .data.normalize import MIN_STD, normalize_image
 from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
@@ -368,13 +369,39 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 class _NormalisedRows:
-    """An image file read by rows, normalised like the checkpoint's training images."""
+    """An image file read by rows, normalised like the checkpoint's training images. A
+    model trained on per-image z-scores gets the whole image's statistics, gathered in
+    one pass of STATISTICS_ROWS rows at a time before the first band (memory stays
+    bounded; a band's own statistics would differ from band to band)."""
 
     def __init__(self, source: ImageSource, config: Config):
         self.source, self.config, self.shape = source, config, source.shape
+        if config.data.normalize == "per_image":
+            mean, std = image_statistics(source)
+            data = dataclasses.replace(config.data, normalize="dataset", mean=mean, std=std)
+            self.config = dataclasses.replace(config, data=data)
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         return normalize_image(self.source.read_rows(y0, y1), self.config, self.source.path)
+
+
+STATISTICS_ROWS = 1024
+
+
+def image_statistics(source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of a whole image file, read STATISTICS_ROWS rows at a time
+    (sums in float64), as :func:`unetkit.data.normalize.normalize_image` computes them."""
+    channels, height, _ = source.shape
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    for y0 in range(0, height, STATISTICS_ROWS):
+        rows = source.read_rows(y0, y0 + STATISTICS_ROWS).reshape(channels, -1)
+        total += rows.sum(axis=1, dtype=np.float64)
+        squares += np.square(rows, dtype=np.float64).sum(axis=1)
+    count = height * source.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return tuple(mean.tolist()), tuple(np.maximum(std, MIN_STD).tolist())
 
 
 def file_bands(source: ImageSource, model: nn.Module, config: Config,

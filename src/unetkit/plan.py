@@ -47,6 +47,7 @@ SAVE_SECONDS = 1.0  # a checkpoint and the figures, first guess (then measured)
 LIGHT_PASSES, FULL_PASSES = 10, 50  # passes over the training pixels: light / full aug
 ALIGNED = 0.5  # layout score above which images are registered (same place in each)
 SYMMETRIC = 0.8  # mirror score above which a flip shows nothing new
+RANGE_SPREAD = 2.0  # images' intensity ranges differing more than this: z-score each
 TOUCHING = 0.05  # share of touching objects above which the border weight map is used
 LEARNING_RATE = 1e-3  # Adam from scratch with BatchNorm (the demo: 1e-4 needs 3x longer)
 FINE_TUNE_LEARNING_RATE = 1e-4  # a pretrained encoder
@@ -225,6 +226,17 @@ def weight_map_rule(fp: dict) -> tuple[bool, str]:
     return False, f"only {touching:.0%} of the objects touch (< {TOUCHING:.0%})"
 
 
+def normalize_rule(fp: dict) -> tuple[str, str]:
+    """One mean/std for the whole set, unless the images' intensity ranges differ (8- and
+    16-bit files, other exposures or stains): then each image is z-scored by its own
+    statistics, as nnU-Net does for every modality but CT."""
+    spread = fp["intensity"].get("range_spread", 1.0)
+    if spread > RANGE_SPREAD:
+        return "per_image", (f"intensity ranges differ {spread:.1f}x between images "
+                             f"(> {RANGE_SPREAD:g}x): each image z-scored by its own statistics")
+    return "dataset", f"intensity ranges alike ({spread:.1f}x): one mean/std for the set"
+
+
 # --------------------------------------------------------------------------- planning
 class _Planner:
     """Collects decisions; a setting the user gave explicitly wins over the plan's."""
@@ -306,6 +318,8 @@ def make_plan(config: Config, explicit: frozenset[str] = frozenset(),
     for name, value in augment.items():
         p.decide(f"augment.{name}", value, why)
     p.decide("data.weight_map", *weight_map_rule(fp))
+    if not model.pretrained:  # a pretrained encoder keeps ImageNet's statistics
+        p.decide("data.normalize", *normalize_rule(fp))
     p.decide("train.time", seconds, "the budget")
     if "train.epochs" in explicit:
         plan.notes.append(f"{flag_name('train', 'epochs')} is not used: the run trains for "
