@@ -132,8 +132,9 @@ def test_settings_ranges_override_and_old_config_json(tmp_path):
     # saved in config.json and read back; a config.json without the section still loads
     path = tmp_path / "config.json"
     Config(postprocess=stored).save(path)
-    assert json.loads(path.read_text())["postprocess"] == {"min_component_size": [5, 9],
-                                                           "keep_largest": [2]}
+    assert json.loads(path.read_text())["postprocess"] == {
+        "min_component_size": [5, 9], "keep_largest": [2], "seed_threshold": None,
+        "min_object_size": None}
     assert Config.load(path).postprocess == stored
     raw = json.loads(path.read_text())
     del raw["postprocess"]

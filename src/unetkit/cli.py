@@ -372,13 +372,13 @@ def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_object_flags(p: argparse.ArgumentParser) -> None:
-    defaults = InferenceConfig()
-    p.add_argument("--min-object-size", type=int, default=defaults.min_object_size,
-                   metavar="PX", help="objects smaller than this are dropped (default "
-                   f"{defaults.min_object_size})")
-    p.add_argument("--seed-threshold", type=float, default=defaults.seed_threshold,
-                   metavar="P", help="instance models: watershed seeds are interiors above "
-                   f"this probability (default {defaults.seed_threshold})")
+    p.add_argument("--min-object-size", type=int, default=None, metavar="PX",
+                   help="objects smaller than this are dropped (default: the size an "
+                   "instance model chose on its validation images, else 16)")
+    p.add_argument("--seed-threshold", type=float, default=None, metavar="P",
+                   help="instance models: watershed seeds are interiors above this "
+                   "probability (default: the value chosen on the model's validation "
+                   "images at training, else 0.7)")
 
 
 def cmd_make_demo_data(args: argparse.Namespace) -> int:

@@ -355,11 +355,13 @@ class InferenceConfig(_Checked):
     blend: str = setting("gaussian", choices=("gaussian", "constant"))
     sigma_scale: float = setting(0.125, gt=0)  # Gaussian sigma as a fraction of the tile side
     batch_size: int = setting(4, ge=1)  # tiles per forward pass: with the tile, bounds memory
-    min_object_size: int = setting(16, ge=0)  # objects: smaller labelled specks are dropped, px
-    # Instance models: watershed seeds are interiors above this probability. Measured on
-    # the demo (benchmarks/instances.py): 0.7 separates touching nuclei that 0.5 merges,
-    # because the network's interior probability leaks across narrow gaps.
-    seed_threshold: float = setting(0.7, gt=0, lt=1)
+    # objects: smaller labelled specks are dropped, px; none: the checkpoint's (chosen on
+    # its validation images, unetkit.object_tuning), else 16
+    min_object_size: int | None = setting(None, ge=0)
+    # Instance models: watershed seeds are interiors above this probability; none: the
+    # checkpoint's (chosen on its validation images), else 0.7, measured on the demo
+    # (benchmarks/instances.py): it separates touching nuclei that 0.5 merges.
+    seed_threshold: float | None = setting(None, gt=0, lt=1)
 
 
 @dataclass
@@ -378,6 +380,10 @@ class PostprocessConfig(_Checked):
     # only the largest component of each foreground class stays: true, false, or the
     # class indices (1..K-1) to do it for
     keep_largest: bool | tuple[int, ...] = False
+    # instance models: the watershed's seed threshold and the smallest object (px), chosen
+    # on the validation images at the end of training (unetkit.object_tuning); none: 0.7, 16
+    seed_threshold: float | None = setting(None, gt=0, lt=1)
+    min_object_size: int | None = setting(None, ge=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

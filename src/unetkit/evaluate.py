@@ -29,7 +29,7 @@ from .inference import predict_probabilities
 from .log import get_logger
 from .metrics import confusion_matrix, hausdorff95, nanmean, scores
 from .object_metrics import ap_at, f1_at, object_scores, pool_object_scores
-from .object_outputs import MIN_OBJECT_SIZE, SEED_THRESHOLD, objects_from_probabilities
+from .object_outputs import objects_from_probabilities
 from .outputs import labels_of_probabilities, num_classes_of
 from .postprocess import postprocess_labels
 from .runtime import select_device
@@ -114,8 +114,8 @@ def evaluate_folder(
     device: str | torch.device | None = None,
     progress: bool = True,
     instance_labels: str | Path | None = None,
-    min_object_size: int = MIN_OBJECT_SIZE,
-    seed_threshold: float = SEED_THRESHOLD,
+    min_object_size: int | None = None,
+    seed_threshold: float | None = None,
 ) -> dict:
     """Predict every image of DATA_DIR/images and score it against DATA_DIR/masks.
 

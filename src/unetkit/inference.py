@@ -43,8 +43,6 @@ from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
 from .object_outputs import (
-    MIN_OBJECT_SIZE,
-    SEED_THRESHOLD,
     objects_from_probabilities,
     write_object_files,
 )
@@ -489,8 +487,8 @@ def predict_files(
     device: str | torch.device | None = None,
     progress: bool = True,
     instances: bool = False,
-    min_object_size: int = MIN_OBJECT_SIZE,
-    seed_threshold: float = SEED_THRESHOLD,
+    min_object_size: int | None = None,
+    seed_threshold: float | None = None,
     min_component_size: int | tuple[int, ...] | None = None,
     keep_largest: bool | tuple[int, ...] | None = None,
 ) -> dict:
@@ -508,7 +506,8 @@ def predict_files(
         ``<stem>_objects.csv`` (one row per object) and, with ``save_overlay``,
         ``<stem>_objects.png`` (outlines and count); objects smaller than
         ``min_object_size`` px are dropped, an instance model's watershed seeds are its
-        interiors above ``seed_threshold`` (:mod:`unetkit.object_outputs`).
+        interiors above ``seed_threshold`` (None: the checkpoint's tuned values, else 16
+        and 0.7; :mod:`unetkit.object_tuning`).
     Images are normalised with the checkpoint's ``data.mean``/``data.std`` (unless its
     ``data.normalize`` is "none") and must have ``model.in_channels`` channels.
 

@@ -15,21 +15,22 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from .config import Config, InferenceConfig
+from .config import Config
 from .errors import writing
 from .instances import label_objects, measure_objects, semantic_to_objects, write_objects_csv
+from .object_tuning import labelling_settings
 from .outputs import labels_of_probabilities
 from .report import outline_objects
 
-MIN_OBJECT_SIZE = InferenceConfig().min_object_size  # px: smaller specks are noise
-SEED_THRESHOLD = InferenceConfig().seed_threshold  # interior probability of a seed
-
 
 def objects_from_probabilities(probabilities: np.ndarray, config: Config,
-                               min_size: int = MIN_OBJECT_SIZE,
-                               seed_threshold: float = SEED_THRESHOLD) -> np.ndarray:
+                               min_size: int | None = None,
+                               seed_threshold: float | None = None) -> np.ndarray:
     """(K, H, W) class probabilities -> (H, W) int32 objects, 0 = background, 1..N. For a
-    model that is not an instance model, (1, H, W) class labels may stand in for them."""
+    model that is not an instance model, (1, H, W) class labels may stand in for them.
+    ``min_size`` and ``seed_threshold`` None: the checkpoint's tuned values, else the
+    defaults (:func:`unetkit.object_tuning.labelling_settings`)."""
+    min_size, seed_threshold = labelling_settings(config, min_size, seed_threshold)
     if config.data.task == "instances":
         return label_objects(np.asarray(probabilities, dtype=np.float32), min_size=min_size,
                              seed_threshold=seed_threshold)

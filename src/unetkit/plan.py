@@ -230,7 +230,7 @@ def normalize_rule(fp: dict) -> tuple[str, str]:
     """One mean/std for the whole set, unless the images' intensity ranges differ (8- and
     16-bit files, other exposures or stains): then each image is z-scored by its own
     statistics, as nnU-Net does for every modality but CT."""
-    spread = fp["intensity"].get("range_spread", 1.0)
+    spread = fp.get("intensity", {}).get("range_spread", 1.0)
     if spread > RANGE_SPREAD:
         return "per_image", (f"intensity ranges differ {spread:.1f}x between images "
                              f"(> {RANGE_SPREAD:g}x): each image z-scored by its own statistics")

@@ -207,6 +207,8 @@ def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = ()
         for hook in hooks:
             if hasattr(hook, "close"):
                 hook.close()
+    if run.config.data.task == "instances" and run.rt.is_main:
+        choose_object_thresholds(run, progress)
     history = run.log.rows if run.log is not None else []
     return TrainResult(run.out, run.best_dir, run.last_dir, run.best_dice, epoch, history)
 
@@ -250,6 +252,20 @@ def run_epochs(run: Run, hooks: Sequence[EpochHook], progress: bool, requested: 
     if run.rt.distributed:
         dist.barrier()
     return epoch
+
+
+def choose_object_thresholds(run: Run, progress: bool) -> None:
+    """Instance models: the labelling's thresholds chosen on the validation images and
+    stored in both checkpoints (:mod:`unetkit.object_tuning`); counted as saving time."""
+    from .object_tuning import tune_run
+
+    started = time.perf_counter()
+    chosen = tune_run(run.best_dir, (run.best_dir, run.last_dir), run.val_ds)
+    if run.budget is not None:
+        run.budget.add("saving", time.perf_counter() - started)
+    if progress:
+        log.info("objects: seed threshold %.1f, smallest object %d px (chosen on the "
+                 "validation images)", chosen["seed_threshold"], chosen["min_object_size"])
 
 
 def epochs_to_train(run: Run):

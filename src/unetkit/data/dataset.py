@@ -161,6 +161,11 @@ class SegmentationDataset(EpochSamples):
             self._weights[item_index] = weight
         return weight
 
+    def instances_of(self, item: Item) -> np.ndarray:
+        """The item's true objects (H, W): its instance labels, or the mask's connected
+        components without them."""
+        return self._instances(item, item.load_mask(self.cfg))
+
     def _instances(self, item: Item, mask: np.ndarray) -> np.ndarray:
         """The item's instance labels, or the mask's connected components without them."""
         instances = item.load_instances()
