@@ -72,3 +72,24 @@ def test_per_image_model_predicts_files_with_the_whole_images_statistics(tmp_pat
     model.eval()
     expected = predict(model, normalize_image(image, config), tile=16, autocast=False)
     np.testing.assert_allclose(streamed, expected, atol=1e-5)
+
+
+def test_validation_split_spans_the_foreground_fractions():
+    """20 images whose foreground grows from 0% to 95%: a random 20% draw can hold only
+    near-empty ones; the stratified split takes one from each quarter of the ranking."""
+    from unetkit.data.pairing import Item, foreground_fractions, split_for
+
+    items = []
+    for i in range(20):
+        mask = np.zeros((10, 10), np.int64)
+        mask.flat[: 5 * i] = 1  # 0 .. 95 foreground pixels
+        items.append(Item(name=f"img{(i * 7) % 20:02d}", image=np.zeros((1, 10, 10)),
+                          mask=mask))
+    cfg = DataConfig(num_classes=2, val_fraction=0.2)
+    fractions = dict(zip([it.name for it in items], foreground_fractions(items, cfg)))
+    for seed in range(10):
+        train, val = split_for(items, cfg, seed)
+        assert len(val) == 4 and len(train) == 16
+        ranks = sorted(int(fractions[it.name] * 20) for it in val)  # rank = 20 * fraction
+        assert [r // 5 for r in ranks] == [0, 1, 2, 3]  # one in each quarter
+        assert set(it.name for it in val).isdisjoint(it.name for it in train)

@@ -75,10 +75,14 @@ def timed(cmd: list[str], log: Path, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def run_unetkit(set_dir: Path, out: Path, seconds: int, task: str | None) -> dict:
+def run_unetkit(set_dir: Path, out: Path, seconds: int, task: str | None,
+                classes: int) -> dict:
+    """``unetkit train --data D --time T`` and nothing else but what the data need said
+    (the class count, as nnU-Net's dataset.json says it; the task for objects)."""
     unetkit = str(ROOT / ".venv" / "bin" / "unetkit")
     train = [unetkit, "train", "--data", str(set_dir / "train"), "--time", f"{seconds}s",
              "--out", str(out / "run"), "--overwrite"] + (["--task", task] if task else [])
+    train += ["--num-classes", str(classes)] if classes > 2 else []
     train_s = timed(train, out / "train.log")
     predict = [unetkit, "predict", "--checkpoint", str(out / "run"), "--out", str(out),
                "--quiet", str(set_dir / "test" / "images")]
@@ -113,7 +117,7 @@ def run_case(name: str, method: str, redo: set[str]) -> dict:
     print(f"{name}: {method} ...", flush=True)
     if method.startswith("unetkit"):
         task = "instances" if method == "unetkit" and CASES[name][1] else None
-        times = run_unetkit(SETS / name, out, seconds, task)
+        times = run_unetkit(SETS / name, out, seconds, task, classes)
     else:
         times = run_peer(method, SETS / name, out, seconds, classes)
     result = {"set": name, "method": method, "T": seconds, **times,
