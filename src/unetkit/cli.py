@@ -226,9 +226,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if folds > 1:
             from .crossval import format_folds, train_folds
 
-            print(format_folds(train_folds(config, folds, not args.quiet, plan)))
+            print(format_folds(train_folds(config, folds, not args.quiet, plan, explicit)))
         else:
-            train(config, progress=not args.quiet, plan=plan)
+            train(config, progress=not args.quiet, plan=plan, explicit=explicit)
     except KeyboardInterrupt:
         last = Path(config.train.out) / "checkpoints" / "last"
         print(f"\ninterrupted: the last finished epoch is saved in {last}; continue with "
