@@ -328,7 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed_threshold=args.seed_threshold)
     print(format_table(summary))
     print(f"per-image scores: {csv_path}")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or summary["objects_missing"] else 0
 
 
 def _default_evaluation_csv(checkpoint: Path) -> Path:
