@@ -165,11 +165,12 @@ def resume_run(requested: Config, explicit: Iterable[str] | None, progress: bool
     return config, state
 
 
-def confirm(config: Config, built: Config, state: dict) -> None:
+def confirm(config: Config, built: Config, state: dict, show: bool = True) -> None:
     """Once the data is read (``built``: ``config`` with the data's channels...): refuse
-    data that does not fit the run's network, else print what changes, one line each."""
+    data that does not fit the run's network, else print (``show``: on the main process)
+    what changes, one line each."""
     check_network(config.model, built.model, config.data.root, Path(config.train.out))
-    for line in state.get("changes", []):
+    for line in state.get("changes", []) if show else []:
         log.info(line)
 
 

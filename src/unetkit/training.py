@@ -310,7 +310,7 @@ def build_run(requested: Config, state: dict | None, plan: dict | None = None) -
     torch.manual_seed(tc.seed)
     train_ds, val_ds, built = build_data(config)
     if state is not None:  # the data must fit the run's network (channels, 2D/3D)
-        confirm_resume(config, built, state)
+        confirm_resume(config, built, state, show=rt.is_main)
     config = built
     if train_ds.spatial_dims == 3:  # channels_last is a 4-D layout
         rt = dataclasses.replace(rt, channels_last=False)
