@@ -147,3 +147,38 @@ def test_training_layout_with_a_val_folder_scores_val(tmp_path):
     write_demo_data(root / "val", count=2, size=16, seed=0)
     pairs = find_pairs(root)
     assert [p[0].parent for p in pairs] == [root / "val" / "images"] * 2
+
+
+def test_images_without_instance_labels_are_listed_not_skipped_in_silence(tmp_path, capsys):
+    from unetkit.cli import main
+    from unetkit.data.io import read_instances
+
+    data = write_demo_data(tmp_path / "data", count=3, size=32, seed=1)
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    (data / "instances" / "nuclei_001.tif").unlink()
+    summary = evaluate_folder(ckpt, data, progress=False)
+    # every image is scored for its pixels; one of them not for its objects, and why
+    assert summary["images"] == 3 and summary["failed"] == []
+    assert summary["objects_scored"] == 2
+    assert [(p.name, why) for p, why in summary["objects_missing"]] == [
+        ("nuclei_001.png", f"no instance labels (expected {data / 'instances'}/nuclei_001 "
+                           "with an image suffix)")]
+    true = sum(len(np.unique(read_instances(data / "instances" / f"nuclei_00{i}.tif"))) - 1
+               for i in (0, 2))
+    assert summary["objects"]["true"] == true  # pooled over the two with labels
+    assert "objects scored on 2 of 3 image(s)" in format_table(summary)
+    # the command: listed with the reason, exit code 1 as for a missing mask
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--csv",
+                 str(tmp_path / "e.csv"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1 and "objects scored on 2 of 3 image(s)" in captured.out
+    assert "1 of 3 image(s) could not be scored for objects" in captured.err
+    assert "nuclei_001.png: no instance labels" in captured.err
+    # no instance labels anywhere: nothing to score objects on, nothing to list
+    for path in (data / "instances").iterdir():
+        path.unlink()
+    (data / "instances").rmdir()
+    summary = evaluate_folder(ckpt, data, progress=False)
+    assert summary["objects_missing"] is None and "objects scored" not in format_table(summary)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--csv",
+                 str(tmp_path / "e.csv"), "--quiet"]) == 0

@@ -7,12 +7,16 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from safetensors import SafetensorError
 
 import unetkit.checkpoint as checkpoint
-from unetkit.checkpoint import load_training_state
+from unetkit.checkpoint import build_model, load_training_state, save_checkpoint
 from unetkit.cli import main
+from unetkit.config import Config, DataConfig, ModelConfig
 from unetkit.errors import WriteError, free_space, writing
 
 TRAIN = ["train", "--demo-count", "8", "--demo-size", "48", "--patch-size", "32",
@@ -84,6 +88,64 @@ def test_full_disk_for_an_export(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "could not write TorchScript model to" in err
     assert not (tmp_path / "model.pt").exists()
+
+
+def tiny_checkpoint(folder, spatial_dims):
+    """An untrained 2D or 3D checkpoint: prediction needs no training."""
+    config = Config(model=ModelConfig(in_channels=1, out_channels=1, features=4, depth=2,
+                                      norm=None, spatial_dims=spatial_dims),
+                    data=DataConfig(num_classes=2, normalize="none", patch_size=16,
+                                    patch_depth=8 if spatial_dims == 3 else None))
+    torch.manual_seed(0)
+    return save_checkpoint(folder, build_model(config.model), config)
+
+
+@pytest.mark.parametrize("dims, failing", [(2, "mask"), (3, "labels"), (3, "probabilities")])
+def test_full_disk_while_predicting_stops_at_the_first_write(tmp_path, monkeypatch, capsys,
+                                                              dims, failing):
+    """Images and volumes alike: one line naming the file and the free space, exit code 2,
+    no other file tried, nothing half-written left (a volume's labels go with its
+    probabilities)."""
+    from unetkit.data import writers
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", dims)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        if dims == 3:
+            np.save(inputs / f"vol{i}.npy", rng.random((1, 10, 20, 20)).astype(np.float32))
+        else:
+            Image.fromarray(rng.integers(0, 255, (24, 24), np.uint8)).save(
+                inputs / f"img{i}.png")
+    calls, real_save = [], np.save
+
+    def half_then_full(path, *args, **kwargs):  # a volume: np.save(tmp, data)
+        if failing == "probabilities" and not calls:
+            calls.append(None)  # the labels are written, then the disk is full
+            return real_save(path, *args, **kwargs)
+        calls.append(path)
+        open(path, "wb").write(b"half")
+        disk_full()
+
+    def rows_then_full(self, y0, rows):  # an image: its mask's rows, band by band
+        calls.append(self.path)
+        disk_full()
+
+    if dims == 3:
+        monkeypatch.setattr(np, "save", half_then_full)
+    else:
+        monkeypatch.setattr(writers.PngRows, "write", rows_then_full)
+    out = tmp_path / "out"
+    code = main(["predict", str(inputs), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--quiet", *(["--probabilities", "npy"] if failing == "probabilities" else [])])
+    err = capsys.readouterr().err.strip()
+    first = {"mask": "img0.png", "labels": "vol0.npy", "probabilities": "vol0_prob.npy"}
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"could not write {failing} to {out / first[failing]}: No space left on device (" \
+        in err and "free there)" in err
+    assert len([c for c in calls if c is not None]) == 1  # stopped at the first failed write
+    assert not out.exists() or list(out.iterdir()) == []  # no partial file
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root")

@@ -226,9 +226,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if folds > 1:
             from .crossval import format_folds, train_folds
 
-            print(format_folds(train_folds(config, folds, not args.quiet, plan)))
+            print(format_folds(train_folds(config, folds, not args.quiet, plan, explicit)))
         else:
-            train(config, progress=not args.quiet, plan=plan)
+            train(config, progress=not args.quiet, plan=plan, explicit=explicit)
     except KeyboardInterrupt:
         last = Path(config.train.out) / "checkpoints" / "last"
         print(f"\ninterrupted: the last finished epoch is saved in {last}; continue with "
@@ -328,7 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed_threshold=args.seed_threshold)
     print(format_table(summary))
     print(f"per-image scores: {csv_path}")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or summary["objects_missing"] else 0
 
 
 def _default_evaluation_csv(checkpoint: Path) -> Path:

@@ -50,9 +50,10 @@ def fold_config(config: Config, folds: int, fold: int) -> Config:
 
 
 def train_folds(config: Config, folds: int, progress: bool = True,
-                plan: dict | None = None) -> dict:
+                plan: dict | None = None, explicit: frozenset[str] | None = None) -> dict:
     """Train the ``folds`` runs and write OUT/folds.csv. With ``train.time`` each fold gets
-    an equal share of the time. Returns {"rows": per-fold rows, "mean": mean row, "csv"}."""
+    an equal share of the time; ``explicit`` as for :func:`unetkit.training.train`.
+    Returns {"rows": per-fold rows, "mean": mean row, "csv"}."""
     from .training import train
 
     if folds < 2:
@@ -65,7 +66,8 @@ def train_folds(config: Config, folds: int, progress: bool = True,
     for fold in range(folds):
         if progress:
             log.info(f"--- fold {fold + 1} of {folds}")
-        result = train(fold_config(config, folds, fold), progress=progress, plan=plan)
+        result = train(fold_config(config, folds, fold), progress=progress, plan=plan,
+                       explicit=explicit)
         rows.append(fold_row(fold, result.history))
     summary = {"rows": rows, "mean": mean_row(rows),
                "csv": Path(config.train.out) / "folds.csv"}

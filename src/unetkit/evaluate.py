@@ -54,9 +54,7 @@ def scan_pairs(data_dir: str | Path
     """([(image, mask, instance labels or None)] to score, [(image, why it cannot be
     scored)]). Masks without an image are ignored. Raises DataError only when the folders
     are missing or hold no image."""
-    data_dir = Path(data_dir)
-    if not (data_dir / "images").is_dir() and (data_dir / "val" / "images").is_dir():
-        data_dir = data_dir / "val"  # the training layout ROOT/{train,val}: score val
+    data_dir = _scored_folder(data_dir)
     image_dir, mask_dir = data_dir / "images", data_dir / "masks"
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
@@ -77,6 +75,14 @@ def scan_pairs(data_dir: str | Path
         else:
             pairs.append((item.image_path, item.mask_path, item.instance_path))
     return pairs, skipped
+
+
+def _scored_folder(data_dir: str | Path) -> Path:
+    """DATA_DIR, or DATA_DIR/val for the training layout ROOT/{train,val}."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "images").is_dir() and (data_dir / "val" / "images").is_dir():
+        return data_dir / "val"
+    return data_dir
 
 
 def _row(name: str, result: dict, class_names: list[str], hd_names: list[str] | None) -> dict:
@@ -126,11 +132,15 @@ def evaluate_folder(
     Hausdorff distance (pixels) of each foreground class. Where instance labels exist
     (DATA_DIR/instances, or the folder ``instance_labels``, by stem), the predicted
     objects (:mod:`unetkit.object_outputs`) are scored too (:mod:`unetkit.object_metrics`).
+    Images scored for their pixels but without instance labels, when there are instance
+    labels to look for, are listed as not scored for objects, with the reason.
     Writes ``out_csv`` when given: one row per image, then a row "overall".
 
     Returns {"class_names": [K names], "overall": scores, "per_image": [rows],
     "confusion_matrix": (K, K) list (rows = truth), "images": count, "failed": [(path,
-    message)], "csv": path | None, "objects": pooled object scores or None}; ``overall``
+    message)], "csv": path | None, "objects": pooled object scores or None,
+    "objects_scored": images scored for objects, "objects_missing": [(path, why not)]
+    (both None when there are no instance labels to look for)}; ``overall``
     and each row hold per-class lists under "dice", "iou", "precision", "recall" (and
     "hd95" over the foreground classes), plus their "mean_*" and "pixel_accuracy" (see
     :func:`unetkit.metrics.scores`; NaN = undefined), and "objects" where scored.
@@ -146,27 +156,14 @@ def evaluate_folder(
     hd_names = class_names[1:] if hausdorff else None
     predict_args = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta,
                         autocast=autocast, device=run_device)
-
-    total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    per_image: list[dict] = []
-    csv_rows: list[dict] = []
-    for image_path, mask_path, truth_path in tqdm(pairs, desc="evaluate", unit="image",
-                                                  disable=not progress, file=sys.stderr):
-        try:
-            result, cm = _score_one(model, config, image_path, mask_path, truth_path,
-                                    num_classes, hausdorff,
-                                    dict(min_size=min_object_size,
-                                         seed_threshold=seed_threshold), predict_args)
-        except (DataError, ValueError, OSError) as err:
-            # One bad pair does not stop the others; all failures are listed at the end.
-            failed.append((image_path, str(err)))
-            continue
-        total += cm
-        per_image.append(result)
-        csv_rows.append(_row(image_path.stem, result, class_names, hd_names))
+    objects = dict(min_size=min_object_size, seed_threshold=seed_threshold)
+    total, per_image = _score_pairs(model, config, pairs, num_classes, hausdorff,
+                                    (objects, predict_args), progress, failed)
+    csv_rows = [_row(result["image"], result, class_names, hd_names) for result in per_image]
     _report_failed(failed, total_images)
     if not per_image:
         raise DataError(f"{data_dir}: no image could be evaluated (see the list above)")
+    missing = _without_objects(pairs, per_image, _instance_folder(data_dir, instance_labels))
 
     overall = _overall(total, per_image, hausdorff, num_classes)
     csv_rows.append(_row("overall", overall, class_names, hd_names))
@@ -182,7 +179,29 @@ def evaluate_folder(
         "failed": failed,
         "csv": out_csv,
         "objects": overall.get("objects"),
+        "objects_scored": None if missing is None else len(per_image) - len(missing),
+        "objects_missing": missing,
     }
+
+
+def _score_pairs(model, config, pairs: list, num_classes: int, hausdorff: bool,
+                 settings: tuple[dict, dict], progress: bool, failed: list
+                 ) -> tuple[torch.Tensor, list[dict]]:
+    """(summed confusion matrix, per-image results) of ``pairs``; a pair that cannot be
+    scored is added to ``failed`` and does not stop the others."""
+    total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    per_image: list[dict] = []
+    for image_path, mask_path, truth_path in tqdm(pairs, desc="evaluate", unit="image",
+                                                  disable=not progress, file=sys.stderr):
+        try:
+            result, cm = _score_one(model, config, image_path, mask_path, truth_path,
+                                    num_classes, hausdorff, *settings)
+        except (DataError, ValueError, OSError) as err:
+            failed.append((image_path, str(err)))  # all listed at the end
+            continue
+        total += cm
+        per_image.append(result)
+    return total, per_image
 
 
 def _pixel_classes(config, checkpoint) -> int:
@@ -206,6 +225,33 @@ def _with_instance_labels(pairs: list, folder: str | Path | None) -> list:
         raise DataError(f"--instance-labels {folder}: folder not found")
     by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     return [(image, mask, by_stem.get(image.stem)) for image, mask, _ in pairs]
+
+
+def _instance_folder(data_dir: str | Path, folder: str | Path | None) -> Path | None:
+    """Where instance labels are looked for (--instance-labels, else DATA/instances), or
+    None when there is no such folder: then no image is expected to have objects scored."""
+    if folder is not None:
+        return Path(folder)
+    found = _scored_folder(data_dir) / "instances"
+    return found if found.is_dir() else None
+
+
+def _without_objects(pairs: list, per_image: list[dict], folder: Path | None
+                     ) -> list[tuple[Path, str]] | None:
+    """[(image, why its objects were not scored)] among the images scored for pixels,
+    listed as a warning; None when there are no instance labels to look for."""
+    if folder is None:
+        return None
+    scored = {result["image"] for result in per_image}
+    missing = [(image, f"no instance labels (expected {folder}/{image.stem} with an image "
+                       "suffix)") for image, _, truth in pairs
+               if truth is None and image.stem in scored]
+    if missing:
+        log.warning(f"{len(missing)} of {len(per_image)} image(s) could not be scored for "
+                    "objects:")
+        for path, message in missing:
+            log.warning(f"  {path}: {message}")
+    return missing
 
 
 def _report_failed(failed: list[tuple[Path, str]], total: int) -> None:
@@ -306,6 +352,10 @@ def format_table(summary: dict) -> str:
         mean += f"{_fmt(overall['mean_hd95']):>11}"
     lines.append(mean)
     lines.append(f"pixel accuracy {_fmt(overall['pixel_accuracy']).strip()}")
+    if summary.get("objects_scored") is not None:
+        lines.append(f"objects scored on {summary['objects_scored']} of {summary['images']} "
+                     "image(s)" + (" (the others are listed above)"
+                                   if summary["objects_missing"] else ""))
     objects = overall.get("objects")
     if objects:
         lines.append(f"objects: {objects['true']} true, {objects['predicted']} predicted, "

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from tqdm.auto import tqdm
 
 from .budget import Budget
-from .checkpoint import (
-    PLAN,
-    WEIGHTS,
-    CheckpointError,
-    build_model,
-    load_config,
-    load_training_state,
-    save_checkpoint,
-    unwrap,
-)
+from .checkpoint import PLAN, WEIGHTS, build_model, save_checkpoint, unwrap
 from .config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +41,6 @@ from .config import (
     DataConfig,
     ModelConfig,
     class_names_of,
-    format_duration,
     setting_error,
     target_classes,
     with_demo_classes,
@@ -81,6 +71,8 @@ from .models.unet import (
 from .optim import make_optimizer, make_scheduler
 from .outputs import logit_channels
 from .report import MetricsLog, plot_curves, plot_predictions
+from .resume import confirm as confirm_resume
+from .resume import restore_optim, resume_run
 from .runtime import Runtime, make_runtime
 from .validation import forward_whole, move_batch, reduce_mean, validate
 
@@ -181,7 +173,7 @@ def _smallest_patch(model: ModelConfig) -> tuple[int, str]:
 
 
 def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = (),
-          plan: dict | None = None) -> TrainResult:
+          plan: dict | None = None, explicit: Iterable[str] | None = None) -> TrainResult:
     """Train the model described by ``config`` and write its run folder:
 
         OUT/checkpoints/best, OUT/checkpoints/last   (see unetkit.checkpoint)
@@ -191,14 +183,16 @@ def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = ()
     for ``epochs``, the learning-rate schedule following the clock, and ends with the
     last validation and checkpoint inside the budget. ``plan`` (from
     :func:`unetkit.plan.make_plan`, as a dict) is saved as plan.json in the run folder and
-    every checkpoint; its ``planning_seconds`` count against the budget.
+    every checkpoint; its ``planning_seconds`` count against the budget. ``explicit``
+    ("section.name" of the settings the user gave; None: those not at their default)
+    says what a resumed run is asked to change (:mod:`unetkit.resume`).
     ``hooks`` are called after every epoch on the main process (see :data:`EpochHook`);
     ``train.tensorboard`` adds :class:`unetkit.loggers.TensorBoardLogger` to them.
     Raises SettingError before anything is read or written when a setting is out of
     range, DivergenceError when training diverges, WriteError when a file cannot be
     written (the previous checkpoint stays intact in every case).
     """
-    config, state = resume_or_start(config, progress)
+    config, state = resume_or_start(config, progress, explicit)
     run = build_run(config, state, plan)
     hooks = [*hooks, *logger_hooks(run.config)]
     try:
@@ -297,42 +291,27 @@ def account(run: Run, training: float, validation: float, saving: float) -> None
         run.budget.record_end(validation + saving)
 
 
-def resume_or_start(config: Config, progress: bool) -> tuple[Config, dict | None]:
+def resume_or_start(config: Config, progress: bool, explicit: Iterable[str] | None = None
+                    ) -> tuple[Config, dict | None]:
     """(the config to train with, the saved training state or None).
 
-    With ``train.resume`` the saved run continues exactly: only where it runs and for how
-    long may change. Without it, a folder that already holds a run is refused unless
+    With ``train.resume`` the saved run continues as it was, but for the settings asked
+    for (``explicit``; see :mod:`unetkit.resume`, which refuses those that would change
+    what the run is). Without it, a folder that already holds a run is refused unless
     ``train.overwrite``. Settings that depend on each other are checked first
     (:func:`prepare_config`), so a bad one is refused before anything is read.
     """
+    if config.train.resume:
+        return resume_run(config, explicit, progress)
     out = Path(config.train.out)
     last_dir = out / "checkpoints" / "last"
-    if not config.train.resume:
-        prepare_config(config)  # refuse bad settings before touching the disk
-        if last_dir.is_dir() and not config.train.overwrite:
-            # Never replace a finished or interrupted run by accident.
-            raise ValueError(
-                f"{out} already holds a training run ({last_dir}); use --resume to continue "
-                "it, another --out, or --overwrite to start again there")
-        return config, None
-    if not last_dir.is_dir():
-        raise CheckpointError(f"--resume: no checkpoint to resume at {last_dir}")
-    saved = load_config(last_dir)
-    keep = {k: getattr(config.train, k) for k in
-            ("epochs", "device", "out", "plot_every", "compile", "tensorboard")}
-    # A budgeted run keeps its budget (the total; the rest is what this run gets) unless
-    # a new total is given.
-    keep["time"] = config.train.time if config.train.time is not None else saved.train.time
-    state = load_training_state(last_dir)
-    used = float(state.get("budget_used", 0.0))
-    if progress and keep["time"] is not None and used >= keep["time"]:
-        log.info(f"note: {last_dir} already used its {format_duration(keep['time'])}; "
-                   "pass a larger --time to train on")
-    elif progress and keep["time"] is None and config.train.epochs <= state["epoch"]:
-        log.info(f"note: {last_dir} already finished epoch {config.train.epochs}; "
-                   "pass a larger --epochs to train on")
-    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep,
-                                                                 resume=True)), state
+    prepare_config(config)  # refuse bad settings before touching the disk
+    if last_dir.is_dir() and not config.train.overwrite:
+        # Never replace a finished or interrupted run by accident.
+        raise ValueError(
+            f"{out} already holds a training run ({last_dir}); use --resume to continue "
+            "it, another --out, or --overwrite to start again there")
+    return config, None
 
 
 def build_run(requested: Config, state: dict | None, plan: dict | None = None) -> Run:
@@ -345,7 +324,10 @@ def build_run(requested: Config, state: dict | None, plan: dict | None = None) -
         plan = read_plan(Path(tc.out) / "checkpoints" / "last")
     rt = make_runtime(tc.device, tc.precision, tc.channels_last)
     torch.manual_seed(tc.seed)
-    train_ds, val_ds, config = build_data(config)
+    train_ds, val_ds, built = build_data(config)
+    if state is not None:  # the data must fit the run's network (channels, 2D/3D)
+        confirm_resume(config, built, state, show=rt.is_main)
+    config = built
     if train_ds.spatial_dims == 3:  # channels_last is a 4-D layout
         rt = dataclasses.replace(rt, channels_last=False)
     out = Path(tc.out)
@@ -360,6 +342,7 @@ def build_run(requested: Config, state: dict | None, plan: dict | None = None) -
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        restore_optim(optimizer, scheduler, config, state)  # a new lr, weight decay...
         start_epoch, best_dice = int(state["epoch"]) + 1, float(state["best_dice"])
     log = None
     if rt.is_main:

@@ -29,7 +29,7 @@ from .data.volumes import (
     write_volume_labels,
     write_volume_probabilities,
 )
-from .errors import writing
+from .errors import WriteError, remove_quietly, writing
 from .metrics import confusion_matrix, hausdorff95, nanmean, scores
 from .outputs import labels_of_probabilities, num_classes_of, probabilities
 from .postprocess import postprocess_labels
@@ -83,8 +83,11 @@ def predict_volume_files(checkpoint: str | Path, inputs: Sequence[str | Path],
                          min_component_size: int | tuple[int, ...] | None = None,
                          keep_largest: bool | tuple[int, ...] | None = None) -> dict:
     """Write ``OUT/<stem>.<input suffix>`` label volumes (and ``<stem>_prob`` with
-    ``save_probabilities``) for every volume in ``inputs``; a file that fails is reported
-    and skipped. Returns {"written": [...], "failed": [(path, message)], "out_dir"}.
+    ``save_probabilities``) for every volume in ``inputs``; a file that cannot be read or
+    predicted is reported and skipped. A failed write (disk full, no permission) stops
+    everything with one :class:`~unetkit.errors.WriteError` naming the file and the free
+    space, as for images: the volume's files are removed, none is left half-written.
+    Returns {"written": [...], "failed": [(path, message)], "out_dir"}.
 
     The labels are cleaned up as the checkpoint's ``postprocess`` settings say, with
     ``min_component_size`` (voxels) and ``keep_largest`` replacing them where not None
@@ -100,21 +103,40 @@ def predict_volume_files(checkpoint: str | Path, inputs: Sequence[str | Path],
             volume = read_volume(path)
             probs = predict_volume(model, config, volume, overlap or _DEFAULTS.overlap,
                                    batch_size, tta, precision, progress)
-            suffix = path.name[len(volume_stem(path)):]
-            target = out / f"{volume_stem(path)}{suffix}"
             with writing("output folder", out):
                 out.mkdir(parents=True, exist_ok=True)
             labels = postprocess_labels(labels_of_probabilities(probs), postprocess, classes)
-            write_volume_labels(target, labels.astype(np.int64), volume)
-            if save_probabilities:
-                write_volume_probabilities(out / f"{volume_stem(path)}_prob{suffix}", probs,
-                                           volume)
-            written.append(target)
+            written.append(write_outputs(out, path, volume, labels.astype(np.int64),
+                                         probs if save_probabilities else None))
+        except WriteError:
+            _report(failed)  # the disk is likely full: the rest would fail too
+            raise
         except (DataError, ValueError, OSError) as err:
             failed.append((path, f"{path}: {err}"))
+    _report(failed)
+    return {"written": written, "failed": failed, "out_dir": out}
+
+
+def write_outputs(out: Path, path: Path, volume: Volume, labels: np.ndarray,
+                  probs: np.ndarray | None) -> Path:
+    """OUT/<stem>.<suffix> (and <stem>_prob.<suffix>) of input ``path``, together or not at
+    all: a failed write removes what was written for this volume. Returns the labels."""
+    stem = volume_stem(path)
+    suffix = path.name[len(stem):]
+    target = out / f"{stem}{suffix}"
+    write_volume_labels(target, labels, volume)
+    if probs is not None:
+        try:
+            write_volume_probabilities(out / f"{stem}_prob{suffix}", probs, volume)
+        except BaseException:
+            remove_quietly(target)  # just written: no labels without their probabilities
+            raise
+    return target
+
+
+def _report(failed: list[tuple[Path, str]]) -> None:
     for _, message in failed:
         print(f"  {message}", file=sys.stderr)
-    return {"written": written, "failed": failed, "out_dir": out}
 
 
 def evaluate_volumes(checkpoint: str | Path, data_dir: str | Path, out_csv: str | Path,
