@@ -190,7 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_model(args.checkpoint, args.format, args.out,
                           example_size=size if size is None or len(size) > 1 else size[0],
                           opset=args.opset, atol=args.atol)
-    if result["max_abs_diff"] is None:  # export_model prints the verified difference
+    if result["max_abs_diff"] is None:  # export_model logs the verified difference
         print(f"exported {result['format']} to {result['path']} (not verified)")
     return 0
 
@@ -271,15 +271,11 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     if relaunch:
         relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
-    from .log import LOGGER, set_verbosity
+    from .log import console
 
-    level = LOGGER.level  # restored afterwards: main() may run inside a Python process
-    set_verbosity(quiet=getattr(args, "quiet", False), verbose=args.verbose)
     debug = args.debug or bool(os.environ.get("UNETKIT_DEBUG"))
-    try:
+    with console(quiet=getattr(args, "quiet", False), verbose=args.verbose):
         return _run(args, debug)
-    finally:
-        LOGGER.setLevel(level)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

@@ -45,7 +45,6 @@ import copy
 import json
 import logging
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -56,11 +55,14 @@ from torch import nn
 from .checkpoint import load_checkpoint, unwrap
 from .config import target_classes
 from .errors import UserError, writing
+from .log import get_logger
 from .models import UNet
 from .models.auxiliary import drop_auxiliary
 from .models.blocks import per_axis
 from .models.unet import nearest_valid_sizes, valid_output_size
 from .outputs import logit_channels
+
+log = get_logger(__name__)
 
 __all__ = ["export_model", "SizeAgnostic", "ExportError", "FORMATS"]
 
@@ -259,9 +261,9 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, out: Path, dims: int,
         reason = _reason(err)
         if isinstance(err, ImportError):
             reason += " (pip install 'unetkit[export]' installs onnxscript)"
-        print(f"warning: {out}: the torch.export-based ONNX exporter failed ({reason}); "
-              "exporting with the TorchScript-based one (dynamo=False) instead",
-              file=sys.stderr)
+        log.warning(f"warning: {out}: the torch.export-based ONNX exporter failed "
+                    f"({reason}); exporting with the TorchScript-based one (dynamo=False) "
+                    "instead")
     # A disk-full error inside the exporter becomes a WriteError (its cause).
     with writing("ONNX model", out, cleanup=out):
         try:
@@ -373,7 +375,7 @@ def export_model(
                               f"at input size {size}, more than atol={atol}")
         diff = max(diff, size_diff)
     result.update(verify_sizes=verify_sizes, verify_size=verify_sizes[0], max_abs_diff=diff)
-    print(f"{out}: {fmt} export ({result['exporter']}) verified at "
-          f"{' and '.join(map(_size_text, verify_sizes))}, batch 2 (traced at "
-          f"{_size_text(trace_size)}): max abs difference {diff:.3g}")
+    log.info(f"{out}: {fmt} export ({result['exporter']}) verified at "
+             f"{' and '.join(map(_size_text, verify_sizes))}, batch 2 (traced at "
+             f"{_size_text(trace_size)}): max abs difference {diff:.3g}")
     return result

@@ -41,6 +41,7 @@ from .data.normalize import normalize_image
 from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
+from .log import get_logger
 from .object_outputs import (
     MIN_OBJECT_SIZE,
     SEED_THRESHOLD,
@@ -59,6 +60,8 @@ from .tiling import (
     plan_tiles,
     stream_bands,
 )
+
+log = get_logger(__name__)
 
 __all__ = [
     "predict",
@@ -554,6 +557,5 @@ def predict_files(
 
 def _report(failed: list[tuple[Path, str]], total: int) -> None:
     if failed:
-        print(f"{len(failed)} of {total} image(s) failed:", file=sys.stderr)
-        for _, message in failed:
-            print(f"  {message}", file=sys.stderr)
+        log.warning("\n".join([f"{len(failed)} of {total} image(s) failed:",
+                               *(f"  {message}" for _, message in failed)]))
