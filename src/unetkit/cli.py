@@ -19,12 +19,19 @@ from pathlib import Path
 from .config import SECTIONS, Config, DataConfig, InferenceConfig  # noqa: F401  (SECTIONS)
 from .errors import UserError
 from .flags import DERIVED, _flag, config_from_args, explicit_settings  # noqa: F401
-from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
+from .process import (  # noqa: F401  (_find_tcmalloc: also imported from here)
+    _find_tcmalloc,
+    allocator_name,
+    relaunch_if_needed,
+    tcmalloc_note,
+)
 
 # Errors that are the user's to fix: printed as one line with exit code 2 (no traceback
 # unless --debug or UNETKIT_DEBUG=1). DataError, SettingError and CheckpointError are
 # ValueErrors; WriteError, DivergenceError and ExportError are UserErrors.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, ImportError)
+# The commands whose speed the allocator changes: the launcher says when tcmalloc is missing.
+SLOW_WITHOUT_TCMALLOC = ("train", "predict", "evaluate")
 
 
 # -- commands -------------------------------------------------------------------------
@@ -271,10 +278,13 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     if relaunch:
         relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
-    from .log import console
+    from .log import LOGGER, console
 
     debug = args.debug or bool(os.environ.get("UNETKIT_DEBUG"))
     with console(quiet=getattr(args, "quiet", False), verbose=args.verbose):
+        note = tcmalloc_note() if relaunch and args.command in SLOW_WITHOUT_TCMALLOC else None
+        if note:
+            LOGGER.info(note)
         return _run(args, debug)
 
 
