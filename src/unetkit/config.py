@@ -373,7 +373,7 @@ class TrainConfig(_Checked):
     plot_every: int = setting(5, ge=1)  # epochs between figure updates
     num_preview: int = setting(4, ge=0)  # validation images drawn in predictions.png
     # metrics.csv's columns and predictions.png, per epoch (unetkit.loggers)
-    tensorboard: bool = False  # log to OUT/tensorboard too; pip install 'unetkit[tensorboard]'
+    tensorboard: bool = False  # log to OUT/tensorboard too; pip install -e '.[tensorboard]'
     max_bad_steps: int = setting(10, ge=1)  # stop after this many non-finite steps in a row
     max_loss_factor: float = setting(100.0, gt=1)  # stop when the loss passes this x its start
 

@@ -16,7 +16,7 @@ arithmetic that the recording keeps, possibly 0) and crops the output back; the 
 own check then never pads, at any size, and the result equals the network's own output.
 
 ONNX uses PyTorch's current, ``torch.export``-based exporter (``dynamo=True``, which needs
-``onnx``, ``onnxscript`` and, to verify, ``onnxruntime``: ``pip install unetkit[export]``)
+``onnx``, ``onnxscript`` and, to verify, ``onnxruntime``: ``pip install -e '.[export]'``)
 with dynamic batch, (depth,) height and width. It records the shapes symbolically and
 refuses to export when the network fixes a size; then, and only then (also when
 ``onnxscript`` is missing), the export falls back to the TorchScript-based exporter
@@ -127,7 +127,7 @@ def _require(module: str):
     except ImportError as err:
         raise ImportError(
             f"ONNX export needs the '{module}' package, which is not installed: "
-            "pip install 'unetkit[export]' (installs onnx, onnxscript and onnxruntime)"
+            "pip install -e '.[export]' (installs onnx, onnxscript and onnxruntime)"
         ) from err
 
 
@@ -260,7 +260,7 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, out: Path, dims: int,
     except Exception as err:  # any failure of the new exporter: the old one may work
         reason = _reason(err)
         if isinstance(err, ImportError):
-            reason += " (pip install 'unetkit[export]' installs onnxscript)"
+            reason += " (pip install -e '.[export]' installs onnxscript)"
         log.warning(f"warning: {out}: the torch.export-based ONNX exporter failed "
                     f"({reason}); exporting with the TorchScript-based one (dynamo=False) "
                     "instead")
