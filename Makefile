@@ -2,7 +2,7 @@
 #   make demo   create .venv, install unetkit, train on the built-in demo data
 #   make test   create .venv, install unetkit with its test extras, run the tests
 # Optional, each on its own: make tcmalloc (a faster allocator, through apt-get),
-# make bench, make lint, make test-fast, make clean.
+# make gpu-check (on a CUDA machine), make bench, make lint, make test-fast, make clean.
 PYTHON     ?= python3
 MIN_PYTHON := 3.10
 VENV       ?= .venv
@@ -11,7 +11,7 @@ STAMP      := $(VENV)/.unetkit-installed
 OUT        ?= runs/demo
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint bench tcmalloc check-python clean
+.PHONY: demo test test-fast lint bench gpu-check tcmalloc check-python clean
 
 # One line, before a virtual environment is made, when this Python cannot make it.
 CHECK_PYTHON = command -v $(PYTHON) >/dev/null 2>&1 || { \
@@ -45,6 +45,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The CUDA checks in one go (under 5 minutes on one GPU; says so and stops on a CPU).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
 
 # tcmalloc keeps the large activation buffers that glibc's allocator hands back to the
 # kernel after every step: U-Net training ran 1.06-1.93x faster with it here

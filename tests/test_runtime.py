@@ -101,3 +101,13 @@ def test_launcher_says_once_when_tcmalloc_is_missing(monkeypatch, capsys):
     monkeypatch.delenv("UNETKIT_NO_TCMALLOC")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4")
     assert process.tcmalloc_note() is None
+
+
+@pytest.mark.cuda
+def test_cuda_picks_reduced_precision_and_channels_last(monkeypatch):
+    monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
+    cuda = torch.device("cuda")
+    dtype = runtime.select_precision(cuda)
+    assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert runtime.select_channels_last(cuda, dtype, None) is True
+    assert runtime.select_device("auto") == torch.device("cuda:0")
