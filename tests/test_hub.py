@@ -30,7 +30,7 @@ def test_the_entry_points_are_listed_with_their_shapes(monkeypatch):
 def test_unet_and_resnet_unet_have_the_documented_shapes():
     from unetkit import ResNetUNet, UNet
 
-    model = hub_load("unet", in_channels=1, out_channels=2)  # the README's call
+    model = hub_load("unet", in_channels=1, out_channels=2)  # docs/api.md's call
     assert isinstance(model, UNet) and (model.in_channels, model.out_channels) == (1, 2)
     small = hub_load("unet", in_channels=1, out_channels=2, features=4, depth=2,
                      padding="same").eval()
