@@ -66,8 +66,8 @@ def tcmalloc_note() -> str | None:
             or os.environ.get("RANK", "0") != "0" or _find_tcmalloc()):
         return None
     return ("note: tcmalloc is not installed, so this runs with glibc's allocator: U-Net "
-            "training was up to 1.9x slower with it in our measurements; `make tcmalloc` "
-            "installs it (UNETKIT_NO_TCMALLOC=1 hides this note)")
+            "training ran up to 1.9x slower without tcmalloc in our measurements; "
+            "`make tcmalloc` installs it (UNETKIT_NO_TCMALLOC=1 hides this note)")
 
 
 def allocator_name() -> str:
