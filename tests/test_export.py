@@ -126,7 +126,7 @@ def test_bad_format_missing_checkpoint_and_missing_onnx(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="incomplete.*config.json"):
         export_model(partial, "onnx", tmp_path / "m.onnx")
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'unetkit\[export\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[export\]'"):
         export_model(valid_unet(), "onnx", tmp_path / "m.onnx")
 
 
