@@ -13,7 +13,9 @@ the original design's snippets).
 import sys as _sys
 from pathlib import Path as _Path
 
-dependencies = ["torch"]
+# What the entry points import (torch.hub checks these first and names any that is missing;
+# tests/test_hub.py keeps the list complete).
+dependencies = ["torch", "numpy", "safetensors", "tqdm"]
 
 try:
     import unetkit as _unetkit  # noqa: F401

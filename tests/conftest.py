@@ -9,6 +9,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("UNETKIT_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped on a machine without a CUDA device."""
+    cuda = [item for item in items if "cuda" in item.keywords]
+    if not cuda:
+        return
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 def pytest_report_header(config):
     """Which precision "auto" means in this run: tests that compare numbers depend on it."""
     import torch

@@ -93,3 +93,34 @@ def test_quick_subset_writes_tables(tmp_path):
     assert unet["peak_mib"] >= unet["baseline_mib"] > 0
     assert report["tiled"]["status"] == "ok" and report["tiled"]["tiles"] >= 4
     assert report["data_pipeline"]["data"]["images_per_s"] > 0
+
+
+def test_gpu_check_on_a_machine_without_cuda_says_so_in_one_line():
+    # CUDA_VISIBLE_DEVICES="" hides any GPU: the check must stop cleanly, not fail.
+    import os
+
+    gpu = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    proc = subprocess.run([sys.executable, str(gpu)], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "no CUDA device: nothing to check\n" and proc.stderr == ""
+
+
+def test_gpu_check_table_has_one_row_per_check():
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_gpu", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+
+    def fails():
+        raise ValueError("boom\nsecond line")
+
+    def skips():
+        raise gpu.Skip("1 GPU: DDP needs 2")
+
+    rows = [gpu.check("works", lambda: "fine"), gpu.check("fails", fails),
+            gpu.check("skips", skips)]
+    assert [row[:2] for row in rows] == [("works", "ok"), ("fails", "FAIL"), ("skips", "skipped")]
+    assert "\n" not in rows[1][2] and "boom" in rows[1][2]
+    lines = gpu.table(rows).splitlines()
+    assert lines[0] == "| check | result | detail | s |" and len(lines) == 5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,8 @@ def test_budgeted_run_stops_in_time_and_resumes_with_the_rest(tmp_path):
     assert resumed.history[-1]["elapsed_s"] <= 10.0 * 1.25
 
 
-def test_resume_of_a_spent_budget_trains_nothing(tmp_path, capsys):
+def test_resume_of_a_spent_budget_trains_nothing(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="unetkit")
     out = tmp_path / "run"
     first = train(tiny_config(out, 2.0), progress=False)
     used = torch.load(out / "checkpoints" / "last" / "state.pt", weights_only=False)[
@@ -134,8 +136,7 @@ def test_resume_of_a_spent_budget_trains_nothing(tmp_path, capsys):
     again = train(dataclasses.replace(tiny_config(out, total), train=dataclasses.replace(
         tiny_config(out, total).train, resume=True)), progress=True)
     assert len(again.history) == len(first.history)
-    printed = capsys.readouterr().out
-    assert f"already used its {format_duration(total)}; pass a larger --time" in printed
+    assert f"already used its {format_duration(total)}; pass a larger --time" in caplog.text
 
 
 def test_train_plans_by_default_and_saves_the_plan(tmp_path, capsys):

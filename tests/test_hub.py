@@ -30,7 +30,7 @@ def test_the_entry_points_are_listed_with_their_shapes(monkeypatch):
 def test_unet_and_resnet_unet_have_the_documented_shapes():
     from unetkit import ResNetUNet, UNet
 
-    model = hub_load("unet", in_channels=1, out_channels=2)  # the README's call
+    model = hub_load("unet", in_channels=1, out_channels=2)  # docs/api.md's call
     assert isinstance(model, UNet) and (model.in_channels, model.out_channels) == (1, 2)
     small = hub_load("unet", in_channels=1, out_channels=2, features=4, depth=2,
                      padding="same").eval()
@@ -80,3 +80,19 @@ print(type(model).__name__, model.in_channels, model.out_channels)
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["UNet", "1", "2"]
+
+
+def test_dependencies_name_every_package_the_entry_points_import():
+    # torch.hub checks `dependencies` before loading: a package missing from the list
+    # fails later with an ImportError from deep inside unetkit instead of its clear message.
+    code = ("import sys; before = set(sys.modules); import hubconf; "
+            "import unetkit.checkpoint, unetkit.models; "
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    import hubconf
+
+    with_torch = {"torchgen", "typing_extensions"}  # installed with torch itself
+    third_party = {m for m in out if m not in sys.stdlib_module_names and not m.startswith("_")}
+    missing = third_party - set(hubconf.dependencies) - with_torch - {"unetkit", "hubconf"}
+    assert not missing, missing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import tifffile
@@ -275,7 +277,7 @@ def test_predict_files_tiff_probabilities(demo, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
 
 
-def test_predict_files_lists_bad_files_without_stopping(demo, tmp_path, capsys):
+def test_predict_files_lists_bad_files_without_stopping(demo, tmp_path, caplog):
     data, ckpt = demo
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not a png")
@@ -290,7 +292,7 @@ def test_predict_files_lists_bad_files_without_stopping(demo, tmp_path, capsys):
     assert str(broken) in failed[broken]
     assert str(rgb) in failed[rgb] and "3 channel" in failed[rgb] and "expected 1" in failed[rgb]
     assert "does not exist" in failed[tmp_path / "missing.png"]
-    printed = capsys.readouterr().err
+    printed = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
     assert "3 of 4 image(s) failed" in printed and str(broken) in printed
     assert (tmp_path / "out" / "nuclei_000.png").is_file()
 
@@ -493,7 +495,7 @@ def test_lazy_reader_keeps_the_stored_dtype_and_names_bad_files(tmp_path):
         open_image(tmp_path / "missing.png")
 
 
-def test_png_above_pillows_bomb_limit_is_read_with_a_note(tmp_path, monkeypatch, capsys):
+def test_png_above_pillows_bomb_limit_is_read_with_a_note(tmp_path, monkeypatch, caplog):
     from unetkit.data.io import read_image
     from unetkit.data.regions import open_image
 
@@ -504,7 +506,7 @@ def test_png_above_pillows_bomb_limit_is_read_with_a_note(tmp_path, monkeypatch,
     np.testing.assert_allclose(image[0], pixels / 255.0, rtol=1e-6)
     with open_image(tmp_path / "big.png") as source:
         assert source.shape == (1, 24, 30)
-    notes = capsys.readouterr().err.strip().splitlines()
+    notes = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(notes) == 2 and all("big.png" in n and "decompression-bomb" in n for n in notes)
     assert Image.MAX_IMAGE_PIXELS == 100  # the limit is back for everything else
     with pytest.raises(Image.DecompressionBombError):

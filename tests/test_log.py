@@ -65,3 +65,26 @@ def test_cli_quiet_and_verbose_set_the_level(tmp_path, restore_logger, monkeypat
                  "--patch-size", "32", "--features", "4", "--depth", "2", "--quiet",
                  "--out", str(tmp_path / "r")]) == 0
     assert records == []  # --quiet: no INFO lines at all
+
+
+def test_a_library_shows_nothing_by_itself_and_python_logging_sees_it(tmp_path, capsys,
+                                                                      caplog):
+    # Importing unetkit installs no console: only a NullHandler, and records propagate,
+    # so a Python user's logging.basicConfig (here: caplog's handler on the root) sees them.
+    assert [type(h) for h in LOGGER.handlers] == [logging.NullHandler]
+    assert LOGGER.propagate and LOGGER.level == logging.NOTSET
+    caplog.set_level(logging.INFO)
+    train(tiny(tmp_path / "a"))
+    assert any(m.startswith("epoch   1/1") for m in caplog.messages)
+    assert any(r.name.startswith("unetkit.") for r in caplog.records)
+    printed = capsys.readouterr()
+    assert "epoch   1/1" not in printed.out + printed.err  # nothing written by unetkit itself
+
+
+def test_the_cli_installs_its_console_for_the_command_only(tmp_path, capsys):
+    assert main(["train", "--epochs", "1", "--demo-count", "6", "--demo-size", "48",
+                 "--patch-size", "32", "--features", "4", "--depth", "2",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert "epoch   1/1" in capsys.readouterr().out  # the command line shows the messages
+    assert [type(h) for h in LOGGER.handlers] == [logging.NullHandler]  # and cleans up
+    assert LOGGER.propagate and LOGGER.level == logging.NOTSET

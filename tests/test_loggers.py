@@ -47,7 +47,7 @@ def test_without_the_package_the_command_prints_one_line(tmp_path, capsys, no_te
     assert code == 2 and err.splitlines()[-1].endswith(TENSORBOARD_MISSING)
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
     assert TENSORBOARD_MISSING == ("--tensorboard needs the tensorboard package: "
-                                   "pip install 'unetkit[tensorboard]'")
+                                   "pip install -e '.[tensorboard]'")
 
 
 def read_events(folder):

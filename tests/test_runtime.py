@@ -75,3 +75,39 @@ def test_launcher_sets_allocator_and_thread_policy():
                          env=dict(env, UNETKIT_NO_TCMALLOC="1"), capture_output=True,
                          text=True, timeout=120)
     assert "allocator: glibc malloc" in run.stdout
+
+
+def test_launcher_says_once_when_tcmalloc_is_missing(monkeypatch, capsys):
+    from unetkit import cli, process
+
+    for name in ("LD_PRELOAD", "UNETKIT_NO_TCMALLOC", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(process, "_find_tcmalloc", lambda: None)
+    note = process.tcmalloc_note()
+    assert "make tcmalloc" in note and "1.9x slower" in note and "\n" not in note
+    monkeypatch.setattr(cli, "tcmalloc_note", process.tcmalloc_note)
+    monkeypatch.setattr(cli, "cmd_predict", lambda args: 0)
+    predict = ["predict", "in.png", "--checkpoint", "ckpt", "--out", "masks"]
+    assert cli.main(predict, relaunch=True) == 0
+    assert capsys.readouterr().out.count("make tcmalloc") == 1
+    assert cli.main(predict, relaunch=False) == 0  # a Python caller: no launcher, no note
+    assert cli.main([*predict, "--quiet"], relaunch=True) == 0
+    assert "tcmalloc" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "1")  # torchrun: the first process says it
+    assert process.tcmalloc_note() is None
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("UNETKIT_NO_TCMALLOC", "1")
+    assert process.tcmalloc_note() is None
+    monkeypatch.delenv("UNETKIT_NO_TCMALLOC")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4")
+    assert process.tcmalloc_note() is None
+
+
+@pytest.mark.cuda
+def test_cuda_picks_reduced_precision_and_channels_last(monkeypatch):
+    monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
+    cuda = torch.device("cuda")
+    dtype = runtime.select_precision(cuda)
+    assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert runtime.select_channels_last(cuda, dtype, None) is True
+    assert runtime.select_device("auto") == torch.device("cuda:0")

@@ -423,7 +423,7 @@ def test_bad_settings_and_batches_are_reported():
 # (8) CUDA -----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_matches_cpu_random_choices():
     batch = blob_batch()
     cfg = config(noise_std=0.0, blur_prob=1.0)

@@ -127,7 +127,7 @@ def test_missing_nibabel_is_one_line_naming_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nibabel", None)  # import nibabel now fails
     with pytest.raises(ImportError) as err:
         read_volume(path)
-    assert str(err.value) == f"reading {path} needs nibabel: pip install 'unetkit[medical]'"
+    assert str(err.value) == f"reading {path} needs nibabel: pip install -e '.[medical]'"
 
 
 # --------------------------------------------------------------------------- TIFF, npy

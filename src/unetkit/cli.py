@@ -1,169 +1,40 @@
-"""The ``unetkit`` command line: train | predict | evaluate | export | plan | make-demo-data.
+"""The ``unetkit`` command line: train, predict, evaluate, export, plan, info, make-demo-data.
 
-A thin layer: each command parses flags into the typed configs and calls a function a
-Python user can call too. ``unetkit train`` gets one flag per setting in
-:mod:`unetkit.config`, generated from the dataclasses so flags and settings never drift.
+A thin layer: each command parses flags (:mod:`unetkit.cli_parser`) into the typed
+configs and calls a function a Python user can call too. ``unetkit train`` gets one flag
+per setting in :mod:`unetkit.config`, generated from the dataclasses
+(:mod:`unetkit.flags`) so flags and settings never drift.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
-import re
 import sys
 import time
-import typing
 from pathlib import Path
 
-from .config import (
-    SECTIONS,
-    Config,
-    DataConfig,
-    InferenceConfig,
-    TrainConfig,
-    choices_of,
-    flag_name,
-    parse_duration,
-)
+from .config import SECTIONS, Config, DataConfig, InferenceConfig  # noqa: F401  (SECTIONS)
 from .errors import UserError
-from .process import _find_tcmalloc, allocator_name, relaunch_if_needed  # noqa: F401
+from .flags import DERIVED, _flag, config_from_args, explicit_settings  # noqa: F401
+from .process import (  # noqa: F401  (_find_tcmalloc: also imported from here)
+    _find_tcmalloc,
+    allocator_name,
+    relaunch_if_needed,
+    tcmalloc_note,
+)
 
-# Set from the data (image channels, number of classes), not by the user.
-DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("model", "spacing"),
-           ("data", "context")}
 # Errors that are the user's to fix: printed as one line with exit code 2 (no traceback
 # unless --debug or UNETKIT_DEBUG=1). DataError, SettingError and CheckpointError are
 # ValueErrors; WriteError, DivergenceError and ExportError are UserErrors.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, ImportError)
+# The commands whose speed the allocator changes: the launcher says when tcmalloc is missing.
+SLOW_WITHOUT_TCMALLOC = ("train", "predict", "evaluate")
 
 
-# -- flags from the config dataclasses ------------------------------------------------
-def _flag(section: str, name: str) -> str:
-    return flag_name(section, name)[2:]
-
-
-def _parse_bool_or_path(text: str):
-    low = text.lower()
-    if low in ("true", "yes", "1"):
-        return True
-    if low in ("false", "no", "0", "none"):
-        return False
-    return text
-
-
-def _optional(parse):
-    def inner(text: str):
-        return None if text.lower() == "none" else parse(text)
-
-    inner.__name__ = getattr(parse, "__name__", "value")
-    return inner
-
-
-def _argument_type(parse, optional: bool):
-    """``parse`` as an argparse type: its ValueError becomes argparse's one-line error."""
-    def inner(text: str):
-        if optional and text.lower() == "none":
-            return None
-        try:
-            return parse(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from err
-
-    return inner
-
-
-def _field_comments(cls: type) -> dict[str, str]:
-    """The ``# comment`` beside each field in config.py: the flags' help texts, so the
-    documentation lives in one place."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
-
-
-def _add_field(group, section: str, f: dataclasses.Field, hint, default, note: str) -> None:
-    flag = "--" + _flag(section, f.name)
-    dest = f"{section}.{f.name}"
-    shown = "{}" if isinstance(default, dict) else repr(default)
-    accepts = f.metadata.get("accepts")
-    if accepts is not None:
-        shown += f"; {accepts.describe()}"
-    helptext = f"{note} (default: {shown})" if note else f"default: {shown}"
-    helptext = helptext.replace("%", "%%")
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    inner = [a for a in args if a is not type(None)] if args else [hint]
-    if typing.get_origin(hint) in (tuple, dict):
-        inner = [hint]
-    base = inner[0] if len(inner) == 1 else None
-    parse = f.metadata.get("parse")
-    if parse is not None:  # a text form of its own, e.g. a duration ("10m")
-        group.add_argument(flag, dest=dest, type=_argument_type(parse, optional),
-                           default=None, metavar=f.name.upper(), help=helptext)
-    elif base is bool:
-        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                           default=None, help=helptext)
-    elif set(inner) == {bool, str}:
-        group.add_argument(flag, dest=dest, type=_parse_bool_or_path, default=None,
-                           metavar="true|false|PATH", help=helptext)
-    elif typing.get_origin(base) is tuple:
-        item = typing.get_args(base)[0]
-        group.add_argument(flag, dest=dest, type=item, nargs="+", default=None, help=helptext,
-                           metavar=item.__name__.upper())
-    elif typing.get_origin(base) is dict or base is dict:
-        group.add_argument(flag, dest=dest, type=json.loads, default=None, metavar="JSON",
-                           help=helptext + ' (JSON, e.g. \'{"255,0,0": 1}\')')
-    elif base in (int, float, str):
-        parse = _optional(base) if optional else base
-        group.add_argument(flag, dest=dest, type=parse, default=None,
-                           metavar=base.__name__.upper(), help=helptext
-                           + (" ('none' to unset)" if optional else ""))
-    else:  # pragma: no cover - a new field type must be handled above
-        raise TypeError(f"no flag type for {dest}: {hint}")
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = Config()
-    for section in SECTIONS:
-        cls = type(getattr(defaults, section))
-        hints = typing.get_type_hints(cls)
-        notes = _field_comments(cls)
-        group = parser.add_argument_group(f"{section} settings")
-        for f in dataclasses.fields(cls):
-            if (section, f.name) in DERIVED:
-                continue
-            _add_field(group, section, f, hints[f.name],
-                       getattr(getattr(defaults, section), f.name), notes.get(f.name, ""))
-
-
-def given_settings(args: argparse.Namespace) -> dict:
-    """The settings the user gave: the --config file's, then the flags on top."""
-    raw: dict = {}
-    if getattr(args, "config", None):
-        raw = read_config_file(args.config)
-    for key, value in vars(args).items():
-        if "." in key and value is not None:
-            section, name = key.split(".", 1)
-            raw.setdefault(section, {})[name] = value
-    return raw
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults, then the --config file, then the flags given on the command line."""
-    return Config.from_dict(given_settings(args))
-
-
-def explicit_settings(args: argparse.Namespace) -> frozenset[str]:
-    """"section.name" of every setting the user gave (a plan keeps these as given)."""
-    return frozenset(f"{section}.{name}" for section, values in given_settings(args).items()
-                     if isinstance(values, dict) for name in values)
-
-
+# -- commands -------------------------------------------------------------------------
 def wants_plan(args: argparse.Namespace, explicit: frozenset[str]) -> bool:
     """--plan / --no-plan; by default a run is planned unless it resumes, or a config
     file or --epochs fixed its length without --time."""
@@ -175,26 +46,6 @@ def wants_plan(args: argparse.Namespace, explicit: frozenset[str]) -> bool:
     return "train.time" in explicit or not fixed_length
 
 
-def read_config_file(path: str) -> dict:
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--config {path}: cannot read it ({err})") from err
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot parse config file: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections {SECTIONS}")
-    return data
-
-
-# -- commands -------------------------------------------------------------------------
 def volume_data(config: Config) -> bool:
     """Volumes train with the settings given: the plan's rules are for images so far."""
     from .data.volume_folder import is_volume_data
@@ -346,39 +197,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_model(args.checkpoint, args.format, args.out,
                           example_size=size if size is None or len(size) > 1 else size[0],
                           opset=args.opset, atol=args.atol)
-    if result["max_abs_diff"] is None:  # export_model prints the verified difference
+    if result["max_abs_diff"] is None:  # export_model logs the verified difference
         print(f"exported {result['format']} to {result['path']} (not verified)")
     return 0
-
-
-def _add_tiling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", action="append",
-                   help="run folder (its checkpoints/best), checkpoint folder such as "
-                   "runs/demo/checkpoints/best, or a .safetensors file with config.json "
-                   "beside it; repeated (--checkpoint A --checkpoint B), or a `train "
-                   "--folds` folder: their ensemble (probabilities averaged)")
-    p.add_argument("--tile", type=int, help="output tile side in pixels (default: 388 for "
-                   "a valid-padding U-Net, else 512)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    p.add_argument("--tta", action="store_true",
-                   help="average over flips and 90-degree rotations")
-    p.add_argument("--overlap", type=float,
-                   help="same-padding models: tile overlap fraction (default 0.25)")
-    p.add_argument("--precision", choices=choices_of(TrainConfig, "precision"), default="auto",
-                   help="auto: $UNETKIT_PRECISION if set, else bf16 (fp16 on CUDA without "
-                   "bf16) only where the hardware computes it natively")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _add_object_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-object-size", type=int, default=None, metavar="PX",
-                   help="objects smaller than this are dropped (default: the size an "
-                   "instance model chose on its validation images, else 16)")
-    p.add_argument("--seed-threshold", type=float, default=None, metavar="P",
-                   help="instance models: watershed seeds are interiors above this "
-                   "probability (default: the value chosen on the model's validation "
-                   "images at training, else 0.7)")
 
 
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
@@ -440,127 +261,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="unetkit", description="U-Net and ResNet-U-Net segmentation: train, predict, "
-        "evaluate, export.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (also UNETKIT_DEBUG=1)")
-    common.add_argument("--verbose", action="store_true",
-                        help="also debug messages (the 'unetkit' logger at DEBUG)")
+    """The parser of every command (:mod:`unetkit.cli_parser`), each bound to its cmd_*."""
+    from .cli_parser import build_parser as build
 
-    p = sub.add_parser("train", parents=[common],
-                       help="train a model (on the built-in demo data without --data)",
-                       description="Train a segmentation model. Without --data it trains on "
-                       "the built-in generated nuclei images. Settings come from the "
-                       "defaults, then --config FILE (YAML or JSON with sections "
-                       f"{', '.join(SECTIONS)}), then the flags.")
-    p.add_argument("--config", metavar="FILE", help="YAML or JSON config file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    p.add_argument("--plan", action=argparse.BooleanOptionalAction, default=None,
-                   help="choose the settings from the data, the machine and the time "
-                   "(unetkit.plan; printed and saved as plan.json). Default: on, unless "
-                   "--config or --epochs fixes the run without --time, or --resume")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("predict", parents=[common],
-                       help="segment images of any size with a checkpoint",
-                       description="Segment images (files or folders) tile by tile, at "
-                       "bounded memory. Writes OUT/NAME.png masks (class indices; 0/255 "
-                       "for binary), optional probability maps and overlays.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    _add_tiling_flags(p)
-    p.add_argument("--probabilities", choices=("tiff", "npy"),
-                   help="also write class probabilities (float32, K x H x W)")
-    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
-    p.add_argument("--instances", action="store_true",
-                   help="also write the objects: NAME_labels.tif (1..N), NAME_objects.csv "
-                   "(area, centroid, box, diameter, mean intensity) and, with --overlay, "
-                   "NAME_objects.png (outlines and count); separated by watershed for an "
-                   "instance model (--task instances), connected components otherwise")
-    _add_object_flags(p)
-    p.add_argument("--min-component-size", type=int, metavar="N",
-                   help="remove connected components smaller than N pixels (voxels) from "
-                   "every foreground class; they become background (default: the "
-                   "checkpoint's postprocess setting, else 0 = off)")
-    p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep only the largest connected component of each foreground "
-                   "class (default: the checkpoint's postprocess setting, else off)")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("evaluate", parents=[common],
-                       help="score a checkpoint on a folder of images and masks",
-                       description="Dice, IoU, precision and recall per class, per image and "
-                       "overall, for DATA/images + DATA/masks; printed and written as CSV.")
-    p.add_argument("--data", required=True, metavar="DIR", help="folder with images/, masks/")
-    p.add_argument("--csv", metavar="FILE", help="default: CKPT/evaluation.csv")
-    p.add_argument("--hausdorff", action="store_true",
-                   help="also the 95%% Hausdorff distance (pixels) per foreground class")
-    p.add_argument("--instance-labels", metavar="DIR",
-                   help="instance labels (0 = background, 1..N objects) by file stem, for "
-                   "the object metrics (default: DATA/instances when it exists)")
-    _add_object_flags(p)
-    _add_tiling_flags(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("export", parents=[common],
-                       help="export a checkpoint to ONNX or TorchScript, verified",
-                       description="Export with dynamic batch, height and width (and "
-                       "depth for a 3D checkpoint), then run the export at two other sizes "
-                       "and compare with PyTorch. ONNX uses PyTorch's torch.export-based "
-                       "exporter, or the TorchScript-based one where that fails (one "
-                       "warning line says why).")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--size", type=int, nargs="+", metavar="N",
-                   help="trace size: one side, H W, or D H W for a 3D checkpoint "
-                   "(default 64; 32 in 3D)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
-    p.add_argument("--atol", type=float, default=1e-4,
-                   help="largest allowed difference from PyTorch")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("plan", parents=[common],
-                       help="measure a data set: sizes, intensities, classes, objects",
-                       description="Read every image, mask and instance file once and "
-                       "print the data fingerprint (sizes, channels, intensity statistics, "
-                       "class frequencies, object sizes, touching objects, warnings); "
-                       "also written as JSON.")
-    p.add_argument("--data", metavar="DIR",
-                   help="folder with images/, masks/ (default: the built-in demo data)")
-    p.add_argument("--out", metavar="FILE",
-                   help="JSON file (default: DATA/fingerprint.json, runs/demo-fingerprint.json)")
-    p.add_argument("--num-classes", type=int, default=2, help="mask classes, background "
-                   "included (default 2)")
-    p.add_argument("--mask-encoding", default="auto",
-                   choices=choices_of(DataConfig, "mask_encoding"), help="default auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the intensity sample")
-    p.add_argument("--time", type=_argument_type(parse_duration, False), metavar="TIME",
-                   help="also print the plan `unetkit train --time TIME` would use here "
-                   "(default 10m; 0 for the fingerprint only)")
-    p.set_defaults(func=cmd_plan)
-
-    p = sub.add_parser("info", parents=[common],
-                       help="show the device, precision and allocator in use")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("make-demo-data", parents=[common],
-                       help="write the built-in demo data set to a folder")
-    p.add_argument("directory")
-    p.add_argument("--count", type=int, help="images (default 64) or volumes (default 24)")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--multiclass", action="store_true",
-                   help="background + 3 object classes instead of binary nuclei")
-    p.add_argument("--volumes", action="store_true",
-                   help="3D: NIfTI volumes of nuclei-like blobs (24 x 96 x 96 voxels, "
-                   "spacing 3 x 1 x 1) in images/ and masks/; --size is not used")
-    p.set_defaults(func=cmd_make_demo_data)
-    return parser
+    return build({"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
+                  "export": cmd_export, "plan": cmd_plan, "info": cmd_info,
+                  "make-demo-data": cmd_make_demo_data})
 
 
 def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
@@ -572,15 +278,14 @@ def main(argv: list[str] | None = None, relaunch: bool | None = None) -> int:
     if relaunch:
         relaunch_if_needed(argv)
     args = build_parser().parse_args(argv)
-    from .log import LOGGER, set_verbosity
+    from .log import LOGGER, console
 
-    level = LOGGER.level  # restored afterwards: main() may run inside a Python process
-    set_verbosity(quiet=getattr(args, "quiet", False), verbose=args.verbose)
     debug = args.debug or bool(os.environ.get("UNETKIT_DEBUG"))
-    try:
+    with console(quiet=getattr(args, "quiet", False), verbose=args.verbose):
+        note = tcmalloc_note() if relaunch and args.command in SLOW_WITHOUT_TCMALLOC else None
+        if note:
+            LOGGER.info(note)
         return _run(args, debug)
-    finally:
-        LOGGER.setLevel(level)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

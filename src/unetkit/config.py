@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .coerce import from_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,9 +67,14 @@ class Accepts:
 
 def setting(default: Any, parse: Any = None, **accepts: Any) -> Any:
     """A dataclass field with its accepted values: ``ge``/``gt``/``le``/``lt`` bounds or
-    ``choices``. None always passes for an optional setting; tuples are checked per item.
+    ``choices`` (a mapping: each choice with its meaning in one line, the flag's help).
+    None always passes for an optional setting; tuples are checked per item.
     ``parse`` turns a text value (a flag, a YAML string) into the field's type."""
-    metadata = {"accepts": Accepts(**accepts)}
+    meanings = accepts.get("choices")
+    if isinstance(meanings, dict):
+        accepts["choices"] = tuple(meanings)
+    metadata = {"accepts": Accepts(**accepts),
+                "meanings": meanings if isinstance(meanings, dict) else {}}
     if parse is not None:
         metadata["parse"] = parse
     return field(default=default, metadata=metadata)
@@ -157,9 +163,16 @@ class ModelConfig(_Checked):
     # UNet
     features: int = setting(32, ge=1)  # channels of the first level; doubled at each level
     depth: int = setting(4, ge=1, le=8)  # number of 2x2 poolings (the paper: 4)
-    padding: str = setting("same", choices=("same", "valid"))
-    upsample: str = setting("transpose", choices=("transpose", "bilinear"))
-    norm: str | None = setting("batch", choices=(None, "batch", "instance", "group"))
+    padding: str = setting("same", choices={  # padding of the 3x3 convolutions
+        "same": "zero-padded: the output has the input's size",
+        "valid": "the paper's unpadded convolutions: the output is the input's centre"})
+    upsample: str = setting("transpose", choices={  # how the expanding path upsamples
+        "transpose": "a 2x2 transposed convolution (the paper's)",
+        "bilinear": "bilinear interpolation, then a 1x1 convolution"})
+    norm: str | None = setting("batch", choices={  # normalisation after each convolution
+        None: "none (the paper's)", "batch": "BatchNorm",
+        "instance": "InstanceNorm: each image on its own",
+        "group": "GroupNorm: channel groups, independent of the batch size"})
     # the paper: 0.5
     dropout: float = setting(0.0, ge=0, lt=1)  # dropout at the end of the contracting path
     # nnU-Net's deep supervision (unetkit.deep_supervision): 1x1 heads on the decoder stages,
@@ -186,39 +199,49 @@ class DataConfig(_Checked):
 
     SECTION: typing.ClassVar[str] = "data"
     root: str | None = None  # data folder (ROOT/images, ROOT/masks); none: the demo data
-    # built-in data (no root); volumes: 3D stacks of nuclei-like blobs, anisotropic voxels
-    demo: str = setting("binary", choices=("binary", "multiclass", "volumes"))
+    demo: str = setting("binary", choices={  # the built-in data, used when --data is not given
+        "binary": "touching nuclei: background and nucleus",
+        "multiclass": "three kinds of cells: background and 3 classes",
+        "volumes": "3D stacks of nuclei-like blobs, anisotropic voxels"})
     demo_size: int = setting(256, ge=16)  # side of each generated demo image, pixels
     demo_count: int = setting(64, ge=2)  # number of generated demo images
     num_classes: int = setting(2, ge=2)  # mask classes, including background
-    # instances: learn background / interior / boundary, to separate touching objects
-    task: str = setting("semantic", choices=("semantic", "instances"))
+    task: str = setting("semantic", choices={  # what the network learns
+        "semantic": "the mask's classes, one per pixel",
+        "instances": "background / interior / boundary, to separate touching objects"})
     # 3 measured best on the demo's 15-25 px nuclei (benchmarks/results/instances.md)
     boundary_width: int = setting(3, ge=1)  # instances: thickness of the boundary class, px
     class_names: tuple[str, ...] = ()  # names for reports, background first
-    mask_encoding: str = setting("auto", choices=("auto", "binary", "index", "palette"))
+    mask_encoding: str = setting("auto", choices={  # how mask files are read
+        "auto": "palette for RGB masks with --palette, else class indices (0/255 if binary)",
+        "binary": "0/1 or 0/255: background and foreground",
+        "index": "class indices 0..K-1 (plus --ignore-index)",
+        "palette": "RGB colours, each listed in --palette"})
     palette: dict[str, int] = field(default_factory=dict)  # "r,g,b" -> class index
     ignore_index: int | None = setting(None, ge=0)  # mask value that no loss or metric counts
     val_fraction: float = setting(0.2, ge=0, lt=1)  # held out unless ROOT/train, ROOT/val exist
     # cross-validation (train --folds K sets both): validate on fold `fold` of `folds`
-    folds: int = setting(1, ge=1)  # parts of the data for cross-validation; 1: val_fraction
+    folds: int = setting(1, ge=1)  # parts of the data for cross-validation; 1: --val-fraction
     fold: int = setting(0, ge=0)  # the held-out part, 0 .. folds-1
     patch_size: int = setting(256, ge=1)  # training crop, pixels (input side for valid padding)
     patch_depth: int | None = setting(None, ge=1)  # volumes: crop slices; none: from spacing
     context: int = setting(0, ge=0)  # mirrored border around each training crop, pixels
     foreground_oversample: float = setting(0.33, ge=0, le=1)  # P(crop centred on foreground)
-    # "auto": ImageNet's statistics for a pretrained encoder, else the training images';
-    # volumes: per_image (z-score of each volume), or ct (clip, then dataset z-score)
-    normalize: str = setting("auto", choices=("auto", "dataset", "imagenet", "none",
-                                              "per_image", "ct"))
+    normalize: str = setting("auto", choices={  # how image intensities are normalised
+        "auto": "imagenet for a pretrained encoder, else dataset; volumes: per_image or ct",
+        "dataset": "z-score with the training images' per-channel mean and std",
+        "imagenet": "z-score with ImageNet's mean and std (pretrained encoders)",
+        "none": "the intensities as read",
+        "per_image": "z-score of each image (volume) by its own statistics",
+        "ct": "clip to the foreground's 0.5-99.5 percentiles, then dataset (CT scans)"})
     mean: tuple[float, ...] = ()  # filled in from the training images (or ImageNet's)
     std: tuple[float, ...] = setting((), gt=0)  # per channel; filled like mean
     intensity_range: tuple[float, ...] = ()  # ct: clip to (low, high), filled in from the data
     spacing: tuple[float, ...] = setting((), gt=0)  # volumes: voxel size (z, y, x); filled in
     weight_map: bool = True  # the paper's border weight map, when instance labels exist
     weight_map_w0: float = setting(10.0, ge=0)  # weight of the border term
-    weight_map_sigma: float = setting(5.0, gt=0)  # pixels
-    num_workers: int | None = setting(None, ge=0)  # None: chosen from the core count
+    weight_map_sigma: float = setting(5.0, gt=0)  # width of the border term, pixels
+    num_workers: int | None = setting(None, ge=0)  # loader processes; none: from the cores
 
 
 # The classes an instance model predicts (``data.task == "instances"``).
@@ -277,9 +300,9 @@ class AugmentConfig(_Checked):
     brightness: float = setting(0.1, ge=0)  # additive, in units of the normalised image's std
     contrast: float = setting(0.15, ge=0, lt=1)  # multiplicative, +- fraction
     gamma: float = setting(0.2, ge=0, lt=1)  # gamma in [1 - gamma, 1 + gamma]
-    noise_std: float = setting(0.03, ge=0)
-    blur_prob: float = setting(0.1, ge=0, le=1)
-    blur_sigma: tuple[float, float] = setting((0.5, 1.5), gt=0)  # pixels
+    noise_std: float = setting(0.03, ge=0)  # Gaussian noise, in units of the image's std
+    blur_prob: float = setting(0.1, ge=0, le=1)  # probability of a Gaussian blur
+    blur_sigma: tuple[float, float] = setting((0.5, 1.5), gt=0)  # blur's sigma range, pixels
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -295,8 +318,11 @@ class LossConfig(_Checked):
     dice_ce for multi-class)."""
 
     SECTION: typing.ClassVar[str] = "loss"
-    name: str = setting("auto", choices=("auto", "bce", "ce", "dice", "dice_bce", "dice_ce",
-                                         "focal"))
+    name: str = setting("auto", choices={  # the training loss
+        "auto": "dice_bce for binary masks, dice_ce for several classes",
+        "bce": "binary cross-entropy", "ce": "cross-entropy", "dice": "soft Dice",
+        "dice_bce": "Dice + binary cross-entropy", "dice_ce": "Dice + cross-entropy",
+        "focal": "focal loss (--focal-gamma)"})
     dice_include_background: bool = False  # multi-class Dice loss counts class 0 too
     focal_gamma: float = setting(2.0, ge=0)  # focal loss focusing exponent
     dice_weight: float = setting(1.0, ge=0)  # weight of the Dice term in the combined losses
@@ -305,11 +331,17 @@ class LossConfig(_Checked):
 @dataclass
 class OptimConfig(_Checked):
     SECTION: typing.ClassVar[str] = "optim"
-    optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
+    optimizer: str = setting("adam", choices={  # the optimiser
+        "adam": "Adam", "adamw": "AdamW: Adam with decoupled weight decay",
+        "sgd": "SGD with Nesterov momentum (the paper's)"})
     lr: float = setting(1e-4, gt=0)  # learning rate
     weight_decay: float = setting(0.0, ge=0)  # L2 penalty (decoupled for adamw)
     momentum: float = setting(0.99, ge=0, lt=1)  # SGD (the paper's)
-    schedule: str = setting("cosine", choices=("cosine", "poly", "plateau", "step", "none"))
+    schedule: str = setting("cosine", choices={  # how the learning rate changes
+        "cosine": "linear warm-up, then cosine decay to the end of the run",
+        "poly": "lr * (1 - step/total) ** --poly-power (nnU-Net's)",
+        "plateau": "halved when validation Dice has not improved for 5 epochs",
+        "step": "multiplied by --step-gamma every --step-size epochs", "none": "constant"})
     warmup_epochs: int = setting(1, ge=0)  # cosine: linear warm-up length
     poly_power: float = setting(0.9, gt=0)  # poly: lr * (1 - step/total) ** power
     step_size: int = setting(30, ge=1)  # step: epochs between lr drops
@@ -320,16 +352,19 @@ class OptimConfig(_Checked):
 @dataclass
 class TrainConfig(_Checked):
     SECTION: typing.ClassVar[str] = "train"
-    epochs: int = setting(30, ge=1)  # total epochs (with --resume: the new total)
-    # seconds, e.g. 90s, 10m, 1h: train until then, the schedule ending with it (not epochs)
+    epochs: int = setting(30, ge=1)  # a fixed run's length (with --resume: the new total)
+    # train for this long (90s, 10m, 1h30m), planned, the schedule ending with the time;
+    # none: 10m for a bare `train`, or --epochs when --epochs or --config fixes the run
     time: float | None = setting(None, parse=parse_duration, gt=0)
     batch_size: int = setting(4, ge=1)  # training crops per step (per process under torchrun)
-    steps_per_epoch: int | None = setting(None, ge=1)  # None: one pass over the training set
+    steps_per_epoch: int | None = setting(None, ge=1)  # none: one pass over the training set
     seed: int = setting(0, ge=0)  # the same seed on the same machine: the same metrics
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    # auto: $UNETKIT_PRECISION if set, else bf16 where the hardware computes it natively
-    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"))
-    channels_last: bool | None = None  # None: chosen for the device
+    precision: str = setting("auto", choices={  # autocast precision
+        "auto": "$UNETKIT_PRECISION if set, else bf16 where the hardware computes it natively",
+        "fp32": "no autocast", "bf16": "bfloat16 autocast",
+        "fp16": "float16 autocast with loss scaling (CUDA only)"})
+    channels_last: bool | None = None  # memory layout; none: chosen for the device
     compile: bool = False  # torch.compile the model
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
     out: str = "runs/unetkit"  # run folder: checkpoints, metrics.csv, figures
@@ -338,7 +373,7 @@ class TrainConfig(_Checked):
     plot_every: int = setting(5, ge=1)  # epochs between figure updates
     num_preview: int = setting(4, ge=0)  # validation images drawn in predictions.png
     # metrics.csv's columns and predictions.png, per epoch (unetkit.loggers)
-    tensorboard: bool = False  # log to OUT/tensorboard too; pip install 'unetkit[tensorboard]'
+    tensorboard: bool = False  # log to OUT/tensorboard too; pip install -e '.[tensorboard]'
     max_bad_steps: int = setting(10, ge=1)  # stop after this many non-finite steps in a row
     max_loss_factor: float = setting(100.0, gt=1)  # stop when the loss passes this x its start
 
@@ -352,7 +387,8 @@ class InferenceConfig(_Checked):
     # the paper: 572 -> 388
     valid_tile: int = setting(388, ge=1)  # output tile side of a valid-padding U-Net
     overlap: float = setting(0.25, ge=0, lt=1)  # tile fraction shared by neighbours (same-size)
-    blend: str = setting("gaussian", choices=("gaussian", "constant"))
+    blend: str = setting("gaussian", choices={  # how overlapping tiles are averaged
+        "gaussian": "weights fall off towards the tile's edge", "constant": "plain mean"})
     sigma_scale: float = setting(0.125, gt=0)  # Gaussian sigma as a fraction of the tile side
     batch_size: int = setting(4, ge=1)  # tiles per forward pass: with the tile, bounds memory
     # objects: smaller labelled specks are dropped, px; none: the checkpoint's (chosen on
@@ -425,7 +461,7 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         """Build from nested dicts (a parsed config.json or YAML file); unknown keys raise."""
-        return _from_dict(cls, raw, "config")
+        return from_dict(cls, raw, "config")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -438,79 +474,3 @@ class Config:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot read config: {err}") from err
         return cls.from_dict(raw)
-
-
-def _from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
-    parsers = {f.name: f.metadata.get("parse") for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in raw.items():
-        if parsers[name] is not None and isinstance(value, str) and value.lower() != "none":
-            try:
-                value = parsers[name](value)
-            except ValueError as err:
-                raise ValueError(f"{where}.{name}: {err}") from err
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Check a JSON/YAML value against the declared type and convert it: lists -> tuples,
-    nested dataclasses, numbers written as text ("3e-4": YAML 1.1 reads that as a string).
-    A value of the wrong type raises ValueError naming the setting, the value and the type.
-    """
-    if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(hint))
-        # "none" as text means unset, as the flags take it (older config.json files too).
-        if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
-            return None
-        errors = []
-        for arg in args:  # the first type that takes the value (bool before str)
-            try:
-                return _coerce(arg, value, where)
-            except ValueError as err:
-                errors.append(err)
-        raise errors[-1]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if hint in (int, float):
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            kind = "a whole number" if hint is int else "a number"
-            raise ValueError(f"{where}: expected {kind}, got {value!r}")
-        if hint is int:
-            if float(number) != int(number):
-                raise ValueError(f"{where}: expected a whole number, got {value!r}")
-            return int(number)
-        return float(number)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected text, got {value!r}")
-        return value
-    return value

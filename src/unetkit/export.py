@@ -16,7 +16,7 @@ arithmetic that the recording keeps, possibly 0) and crops the output back; the 
 own check then never pads, at any size, and the result equals the network's own output.
 
 ONNX uses PyTorch's current, ``torch.export``-based exporter (``dynamo=True``, which needs
-``onnx``, ``onnxscript`` and, to verify, ``onnxruntime``: ``pip install unetkit[export]``)
+``onnx``, ``onnxscript`` and, to verify, ``onnxruntime``: ``pip install -e '.[export]'``)
 with dynamic batch, (depth,) height and width. It records the shapes symbolically and
 refuses to export when the network fixes a size; then, and only then (also when
 ``onnxscript`` is missing), the export falls back to the TorchScript-based exporter
@@ -45,7 +45,6 @@ import copy
 import json
 import logging
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -56,11 +55,14 @@ from torch import nn
 from .checkpoint import load_checkpoint, unwrap
 from .config import target_classes
 from .errors import UserError, writing
+from .log import get_logger
 from .models import UNet
 from .models.auxiliary import drop_auxiliary
 from .models.blocks import per_axis
 from .models.unet import nearest_valid_sizes, valid_output_size
 from .outputs import logit_channels
+
+log = get_logger(__name__)
 
 __all__ = ["export_model", "SizeAgnostic", "ExportError", "FORMATS"]
 
@@ -125,7 +127,7 @@ def _require(module: str):
     except ImportError as err:
         raise ImportError(
             f"ONNX export needs the '{module}' package, which is not installed: "
-            "pip install 'unetkit[export]' (installs onnx, onnxscript and onnxruntime)"
+            "pip install -e '.[export]' (installs onnx, onnxscript and onnxruntime)"
         ) from err
 
 
@@ -258,10 +260,10 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, out: Path, dims: int,
     except Exception as err:  # any failure of the new exporter: the old one may work
         reason = _reason(err)
         if isinstance(err, ImportError):
-            reason += " (pip install 'unetkit[export]' installs onnxscript)"
-        print(f"warning: {out}: the torch.export-based ONNX exporter failed ({reason}); "
-              "exporting with the TorchScript-based one (dynamo=False) instead",
-              file=sys.stderr)
+            reason += " (pip install -e '.[export]' installs onnxscript)"
+        log.warning(f"warning: {out}: the torch.export-based ONNX exporter failed "
+                    f"({reason}); exporting with the TorchScript-based one (dynamo=False) "
+                    "instead")
     # A disk-full error inside the exporter becomes a WriteError (its cause).
     with writing("ONNX model", out, cleanup=out):
         try:
@@ -373,7 +375,7 @@ def export_model(
                               f"at input size {size}, more than atol={atol}")
         diff = max(diff, size_diff)
     result.update(verify_sizes=verify_sizes, verify_size=verify_sizes[0], max_abs_diff=diff)
-    print(f"{out}: {fmt} export ({result['exporter']}) verified at "
-          f"{' and '.join(map(_size_text, verify_sizes))}, batch 2 (traced at "
-          f"{_size_text(trace_size)}): max abs difference {diff:.3g}")
+    log.info(f"{out}: {fmt} export ({result['exporter']}) verified at "
+             f"{' and '.join(map(_size_text, verify_sizes))}, batch 2 (traced at "
+             f"{_size_text(trace_size)}): max abs difference {diff:.3g}")
     return result

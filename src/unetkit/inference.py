@@ -42,6 +42,7 @@ from .data.normalize import MIN_STD, normalize_image
 from .data.regions import ImageSource, open_image
 from .data.writers import PredictionWriter
 from .errors import WriteError, writing
+from .log import get_logger
 from .object_outputs import (
     objects_from_probabilities,
     write_object_files,
@@ -58,6 +59,8 @@ from .tiling import (
     plan_tiles,
     stream_bands,
 )
+
+log = get_logger(__name__)
 
 __all__ = [
     "predict",
@@ -580,6 +583,5 @@ def predict_files(
 
 def _report(failed: list[tuple[Path, str]], total: int) -> None:
     if failed:
-        print(f"{len(failed)} of {total} image(s) failed:", file=sys.stderr)
-        for _, message in failed:
-            print(f"  {message}", file=sys.stderr)
+        log.warning("\n".join([f"{len(failed)} of {total} image(s) failed:",
+                               *(f"  {message}" for _, message in failed)]))

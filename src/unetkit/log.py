@@ -1,24 +1,29 @@
 """unetkit's messages go through Python's ``logging``, under the ``unetkit`` logger.
 
-By default they are written to standard output through ``tqdm.write`` (so progress bars
-stay intact), INFO and above, as the command line shows them. A Python user silences or
-redirects them the usual way::
+As a library, unetkit shows nothing by itself: the logger has only a ``NullHandler``, and
+its records propagate to the root logger, so a Python user sees them the usual way::
 
     import logging
-    logging.getLogger("unetkit").setLevel(logging.WARNING)      # only warnings and errors
-    logging.getLogger("unetkit").handlers = [my_handler]         # somewhere else
+    logging.basicConfig(level=logging.INFO)                      # epoch lines and notes
+    logging.getLogger("unetkit").setLevel(logging.WARNING)       # only warnings and errors
 
-The command line sets the level with ``--quiet`` (warnings only) and ``--verbose``
-(debug). Progress bars are tqdm's and follow ``--quiet`` / ``progress=False``.
+The command line installs the console (:func:`console`): INFO and above written through
+``tqdm.write`` (so progress bars stay intact), warnings and errors to standard error;
+``--quiet`` shows warnings only, ``--verbose`` debug messages too. Progress bars are
+tqdm's and follow ``--quiet`` / ``progress=False``.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
 LOGGER = logging.getLogger("unetkit")
+LOGGER.addHandler(logging.NullHandler())  # a library's manners: the application decides
 
 
 class TqdmHandler(logging.Handler):
@@ -26,25 +31,11 @@ class TqdmHandler(logging.Handler):
     errors to standard error), so they appear above any progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        import sys
-
         try:
             stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
             tqdm.write(self.format(record), file=stream)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
-
-
-def _default_handler() -> None:
-    if not LOGGER.handlers:
-        handler = TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        LOGGER.addHandler(handler)
-        LOGGER.setLevel(logging.INFO)
-        LOGGER.propagate = False  # shown once, not again by a root handler
-
-
-_default_handler()
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -55,3 +46,23 @@ def get_logger(name: str) -> logging.Logger:
 def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     """The command line's ``--quiet`` (warnings only) and ``--verbose`` (debug)."""
     LOGGER.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+@contextmanager
+def console(quiet: bool = False, verbose: bool = False) -> Iterator[None]:
+    """The command line's console for the duration of a command: the messages on the
+    terminal at the level of ``--quiet`` / ``--verbose``, shown once (not again by a root
+    handler); the logger is as it was afterwards (``main()`` may run inside a Python
+    process)."""
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = LOGGER.level, LOGGER.propagate
+    LOGGER.addHandler(handler)
+    LOGGER.propagate = False
+    set_verbosity(quiet, verbose)
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
+        LOGGER.propagate = propagate

@@ -5,7 +5,7 @@ TensorBoard (``--tensorboard``, ``train.tensorboard``): OUT/tensorboard gets one
 per metrics.csv column (the column name is the tag, the epoch the step; the learning rate
 is ``lr``) and, at the epochs that draw predictions.png, the same figure as
 ``predictions``. It uses ``torch.utils.tensorboard``, which needs the optional
-``tensorboard`` package (``pip install 'unetkit[tensorboard]'``); without it the setting
+``tensorboard`` package (``pip install -e '.[tensorboard]'``); without it the setting
 fails before anything is read, with one line.
 """
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 TENSORBOARD_FOLDER = "tensorboard"
 TENSORBOARD_MISSING = ("--tensorboard needs the tensorboard package: "
-                       "pip install 'unetkit[tensorboard]'")
+                       "pip install -e '.[tensorboard]'")
 
 
 def summary_writer_class() -> type:

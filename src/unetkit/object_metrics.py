@@ -3,7 +3,7 @@
 Inputs are two (H, W) integer label images, truth and prediction, 0 = background and
 every other value one object (objects do not overlap: one label per pixel).
 
-Definitions (the ones the README states):
+Definitions (the ones docs/objects.md states):
 
 * IoU of a true object T and a predicted object P: |T and P| / |T or P| in pixels. All
   overlapping pairs are scored at once from the contingency of (true label, predicted

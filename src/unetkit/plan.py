@@ -30,7 +30,7 @@ from .fingerprint import fingerprint
 from .models.registry import encoder_size_multiple
 from .outputs import logit_channels
 
-DEFAULT_TIME = 600.0  # s: what a bare `unetkit train` trains for (README: 10 minutes)
+DEFAULT_TIME = 600.0  # s: what a bare `unetkit train` trains for (docs/training.md: 10 minutes)
 MIN_PATCH, MAX_PATCH = 64, 512  # px
 CONTEXT_DIAMETERS = 3  # patch side per object diameter: the object and 1x around it
 BOTTOM_SIDE = 8  # px: poolings stop where the deepest map is this small

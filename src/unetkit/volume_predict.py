@@ -8,7 +8,6 @@ NIfTI) from its spacing.
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,12 +29,14 @@ from .data.volumes import (
     write_volume_probabilities,
 )
 from .errors import WriteError, remove_quietly, writing
+from .log import get_logger
 from .metrics import confusion_matrix, hausdorff95, nanmean, scores
 from .outputs import labels_of_probabilities, num_classes_of, probabilities
 from .postprocess import postprocess_labels
 from .runtime import select_device, select_precision
 from .volume_inference import as_numpy_volume, sliding_window
 
+log = get_logger(__name__)
 _DEFAULTS = InferenceConfig()
 
 
@@ -135,8 +136,8 @@ def write_outputs(out: Path, path: Path, volume: Volume, labels: np.ndarray,
 
 
 def _report(failed: list[tuple[Path, str]]) -> None:
-    for _, message in failed:
-        print(f"  {message}", file=sys.stderr)
+    if failed:
+        log.warning("\n".join(f"  {message}" for _, message in failed))
 
 
 def evaluate_volumes(checkpoint: str | Path, data_dir: str | Path, out_csv: str | Path,

@@ -86,7 +86,7 @@ def _nibabel(path: Path, verb: str = "reading"):
     try:
         import nibabel
     except ImportError:
-        raise ImportError(f"{verb} {path} needs nibabel: pip install 'unetkit[medical]'") from None
+        raise ImportError(f"{verb} {path} needs nibabel: pip install -e '.[medical]'") from None
     return nibabel
 
 
