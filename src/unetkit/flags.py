@@ -28,6 +28,7 @@ DERIVED = {("model", "in_channels"), ("model", "out_channels"), ("model", "spaci
 PLANNED = {("data", "patch_size"), ("model", "depth"), ("train", "batch_size"),
            ("model", "features"), ("optim", "lr"), ("optim", "schedule"),
            ("train", "steps_per_epoch"), ("data", "num_workers"), ("data", "weight_map"),
+           ("data", "normalize"),
            *(("augment", name) for name in ("rotate_deg", "scale", "elastic", "brightness",
                                             "contrast", "gamma", "noise_std", "blur_prob",
                                             "rot90", "flip"))}
