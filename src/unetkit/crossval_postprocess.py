@@ -1,4 +1,6 @@
-"""Post-processing decided by cross-validation, nnU-Net's rule: predict every fold's
+"""Post-processing decided on held-out images. Instance models: the labelling's
+thresholds chosen on the validation images after training (:func:`decide_labelling`,
+rules in :mod:`unetkit.object_tuning`). Cross-validation, nnU-Net's rule: predict every fold's
 held-out images with that fold's model (out-of-fold predictions), then for each
 foreground class try each clean-up of :mod:`unetkit.postprocess` and keep it when the
 class's Dice over all out-of-fold predictions does not get worse. The choice is stored in
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from . import object_tuning
 from .checkpoint import CONFIG, load_checkpoint
 from .config import Config, PostprocessConfig, class_names_of, target_classes
 from .data.normalize import normalize_image
@@ -65,6 +69,23 @@ def _predict_item(model, config: Config, item, volumes: bool):
 
     image = normalize_image(item.load_image(), config, item.label)
     return item.load_mask(config.data), np.asarray(predict(model, image))
+
+
+def decide_labelling(best: Path, checkpoints: Sequence[Path], val_dataset) -> dict:
+    """Choose the thresholds for the ``best`` checkpoint on the validation dataset's
+    images (whole images, as predict sees them; truth: their instance labels, else the
+    masks' connected components) and store them in ``checkpoints``. Returns the choice."""
+    from .inference import predict
+
+    model, config = load_checkpoint(best, fold_batchnorm=True)
+    probabilities, truths = [], []
+    for item in val_dataset.items:
+        image = item.load_image()
+        probabilities.append(predict(model, normalize_image(image, config, item.label)))
+        truths.append(val_dataset.instances_of(item))
+    seed, size, rows = object_tuning.choose_labelling(probabilities, truths)
+    object_tuning.store_labelling(checkpoints, seed, size)
+    return {"seed_threshold": seed, "min_object_size": size, "tried": rows}
 
 
 def class_dice(preds: list[np.ndarray], truths: list[np.ndarray], c: int) -> float:

@@ -63,25 +63,6 @@ def choose_labelling(probabilities: Sequence[np.ndarray], truths: Sequence[np.nd
     return best["seed_threshold"], best["min_object_size"], rows
 
 
-def tune_run(best: Path, checkpoints: Sequence[Path], val_dataset) -> dict:
-    """Choose the thresholds for the ``best`` checkpoint on the validation dataset's
-    images (whole images, as predict sees them; truth: their instance labels, else the
-    masks' connected components) and store them in ``checkpoints``. Returns the choice."""
-    from .checkpoint import load_checkpoint
-    from .data.normalize import normalize_image
-    from .inference import predict
-
-    model, config = load_checkpoint(best, fold_batchnorm=True)
-    probabilities, truths = [], []
-    for item in val_dataset.items:
-        image = item.load_image()
-        probabilities.append(predict(model, normalize_image(image, config, item.label)))
-        truths.append(val_dataset.instances_of(item))
-    seed, size, rows = choose_labelling(probabilities, truths)
-    store_labelling(checkpoints, seed, size)
-    return {"seed_threshold": seed, "min_object_size": size, "tried": rows}
-
-
 def labelling_settings(config: Config, min_size: int | None = None,
                        seed_threshold: float | None = None) -> tuple[int, float]:
     """(smallest object px, seed threshold): the given values, else the checkpoint's

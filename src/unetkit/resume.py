@@ -29,6 +29,7 @@ from .checkpoint import CheckpointError, load_config, load_training_state
 from .config import SECTIONS, Config, ModelConfig, flag_name, format_duration
 from .errors import UserError
 from .log import get_logger
+from .prepare import prepare_config
 
 log = get_logger(__name__)
 
@@ -118,8 +119,6 @@ def continued_config(saved: Config, requested: Config, asked: dict[str, Any]
                      ) -> tuple[Config, list[str]]:
     """(the saved config with the settings asked for and this process's LOCAL ones,
     "continuing with ..." lines for the values that change)."""
-    from .training import prepare_config  # training imports this module
-
     changes = {section: {} for section in SECTIONS}
     for key, value in asked.items():
         section, name = key.split(".", 1)

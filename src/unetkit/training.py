@@ -41,9 +41,7 @@ from .config import (
     DataConfig,
     ModelConfig,
     class_names_of,
-    setting_error,
     target_classes,
-    with_demo_classes,
 )
 from .console import announce, report_end, report_epoch
 from .data.folder import build_datasets, make_loader
@@ -53,23 +51,14 @@ from .data.volume_folder import is_volume_data
 from .divergence import DivergenceGuard, nonfinite_tensors
 from .errors import writing
 from .log import get_logger
-from .loggers import check_loggers, logger_hooks
+from .loggers import logger_hooks
 from .losses import DeepSupervisionLoss, build_loss
 from .models.blocks import center_crop
 from .models.registry import (
-    check_model,
-    encoder_name,
-    encoder_size_multiple,
     pretrained_normalization,
 )
-from .models.unet import (
-    nearest_valid_sizes,
-    smallest_valid_input,
-    valid_margin,
-    valid_output_size,
-)
 from .optim import make_optimizer, make_scheduler
-from .outputs import logit_channels
+from .prepare import prepare_config
 from .report import MetricsLog, plot_curves, plot_predictions
 from .resume import confirm as confirm_resume
 from .resume import restore_optim, resume_run
@@ -132,44 +121,6 @@ class Run:
     @property
     def best_dir(self) -> Path:
         return self.out / "checkpoints" / "best"
-
-
-def prepare_config(config: Config) -> Config:
-    """Resolve the settings that follow from others, before anything is built: the number
-    of demo classes, the model's output channels, a valid patch for valid padding.
-    Raises SettingError for a patch smaller than the model can take, ImportError for a
-    logger whose package is missing (--tensorboard)."""
-    data, model = config.data, config.model
-    check_model(model)  # an unknown --arch / --encoder (the registries in unetkit.models)
-    check_loggers(config.train)
-    data = with_demo_classes(data)
-    model = dataclasses.replace(model, out_channels=logit_channels(target_classes(data)))
-    if model.padding == "valid" and (model.spatial_dims == 3 or is_volume_data(data)):
-        # volumes: the patch is rounded per axis once the spacing is known (build_data)
-        return dataclasses.replace(config, data=data, model=model)
-    smallest, why = _smallest_patch(model)
-    if data.patch_size < smallest:
-        raise setting_error("data", "patch_size", data.patch_size, f">= {smallest} ({why})")
-    if model.arch == "unet" and model.padding == "valid":
-        if valid_output_size(data.patch_size, model.depth) is None:
-            below, above = nearest_valid_sizes(data.patch_size, model.depth)
-            # Round up: the paper's tiles are valid sizes; a near size changes little.
-            data = dataclasses.replace(data, patch_size=above)
-        data = dataclasses.replace(data, context=valid_margin(model.depth))
-    else:
-        data = dataclasses.replace(data, context=0)
-    return dataclasses.replace(config, data=data, model=model)
-
-
-def _smallest_patch(model: ModelConfig) -> tuple[int, str]:
-    """The smallest training patch side the model can learn from, and why."""
-    multiple = encoder_size_multiple(model)
-    if multiple is not None:
-        return multiple, f"the {encoder_name(model)} encoder downsamples {multiple}x"
-    if model.padding == "valid":
-        return (smallest_valid_input(model.depth),
-                f"the smallest input with a positive output at depth {model.depth}")
-    return 2**model.depth, f"{model.depth} poolings need a side of at least 2^{model.depth}"
 
 
 def train(config: Config, progress: bool = True, hooks: Sequence[EpochHook] = (),
@@ -251,10 +202,10 @@ def run_epochs(run: Run, hooks: Sequence[EpochHook], progress: bool, requested: 
 def choose_object_thresholds(run: Run, progress: bool) -> None:
     """Instance models: the labelling's thresholds chosen on the validation images and
     stored in both checkpoints (:mod:`unetkit.object_tuning`); counted as saving time."""
-    from .object_tuning import tune_run
+    from .crossval_postprocess import decide_labelling
 
     started = time.perf_counter()
-    chosen = tune_run(run.best_dir, (run.best_dir, run.last_dir), run.val_ds)
+    chosen = decide_labelling(run.best_dir, (run.best_dir, run.last_dir), run.val_ds)
     if run.budget is not None:
         run.budget.add("saving", time.perf_counter() - started)
     if progress:
