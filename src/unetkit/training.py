@@ -239,7 +239,10 @@ def account(run: Run, training: float, validation: float, saving: float) -> None
         run.budget.add("training", training)
         run.budget.add("validation", validation)
         run.budget.add("saving", saving)
-        run.budget.record_end(validation + saving)
+        # An instance model's end also predicts the validation images once more and labels
+        # them for its thresholds (choose_object_thresholds): about one more validation.
+        tuning = validation if run.config.data.task == "instances" else 0.0
+        run.budget.record_end(validation + tuning + saving)
 
 
 def resume_or_start(config: Config, progress: bool, explicit: Iterable[str] | None = None
