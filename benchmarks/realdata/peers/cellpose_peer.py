@@ -26,11 +26,14 @@ class OutOfTime(Exception):
 
 def fit(items, epochs: int, deadline: Deadline):
     model = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=30.0, nchan=2)
+    steps = []
     step = model.net.forward  # stop at the deadline, keeping the weights learnt so far
 
     def forward(*args, **kwargs):
-        if model.net.training and deadline.left() <= 0:
-            raise OutOfTime
+        if model.net.training:
+            if deadline.left() <= 0:
+                raise OutOfTime
+            steps.append(1)
         return step(*args, **kwargs)
     model.net.forward = forward
     images = [im.astype(np.float32) for _, im, _, _ in items]
@@ -42,7 +45,7 @@ def fit(items, epochs: int, deadline: Deadline):
                         save_path=None, model_name=None)
     except OutOfTime:
         pass
-    return model, time.perf_counter() - start
+    return model, time.perf_counter() - start, len(steps)
 
 
 def main() -> None:
@@ -55,13 +58,13 @@ def main() -> None:
     torch.set_num_threads(2)
     items = load_part(args.set, "train", instances=True)
     deadline = Deadline(args.seconds)
-    model, train_s = fit(items, 100_000, deadline)
+    model, train_s, steps = fit(items, 100_000, deadline)
     model.diam_labels = model.net.diam_labels.item()
     start = time.perf_counter()
     for name, image, _, _ in load_part(args.set, "test"):
         masks = model.eval(image.astype(np.float32), channels=[0, 0])[0]
         save_labels(args.out, name, masks)
-    report(args.out, train_s=train_s, predict_s=time.perf_counter() - start)
+    report(args.out, train_s=train_s, predict_s=time.perf_counter() - start, steps=steps)
 
 
 if __name__ == "__main__":
