@@ -133,7 +133,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         budget = {"smp": "2T"}.get(r["method"], "T")
         obj = (f"{r['ap50']:.3f} | {r['f1_50']:.3f} | {r['ap50_95']:.3f} | {r['pq']:.3f} | "
-               f"{r['merged']} | {r['split']}") if "ap50" in r else "| | | | |"[1:]
+               f"{r['merged']} | {r['split']}") if "ap50" in r else " | ".join([""] * 6)
         rows.append(f"| {r['set']} | {r['method']} | {budget} = "
                     f"{r['T'] * (2 if budget == '2T' else 1)} s | {r['train_s']:.0f} | "
                     f"{r['mean_dice']:.3f} | {obj} |")
