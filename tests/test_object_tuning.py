@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unetkit.checkpoint import load_checkpoint
-from unetkit.config import Config, DataConfig, PostprocessConfig
+from unetkit.config import Config, PostprocessConfig
 from unetkit.object_tuning import (
     DEFAULT_MIN_SIZE,
     DEFAULT_SEED,
@@ -83,4 +83,17 @@ def test_training_an_instance_model_stores_the_choice_in_both_checkpoints(tmp_pa
     semantic = tiny_config(tmp_path / "sem", epochs=1)
     assert load_checkpoint(train(semantic, progress=False).best)[1].postprocess == \
         PostprocessConfig()
-    assert DataConfig().task == "semantic"
+
+
+def test_the_cross_validation_clean_up_keeps_the_tuned_thresholds(tmp_path):
+    """Both choices live in one postprocess section: storing one keeps the other."""
+    from unetkit.checkpoint import CONFIG, update_postprocess
+    from unetkit.crossval_postprocess import store
+
+    folder = tmp_path / "fold_0" / "checkpoints" / "best"
+    folder.mkdir(parents=True)
+    Config().save(folder / CONFIG)
+    update_postprocess([folder], seed_threshold=0.8, min_object_size=40)
+    store(tmp_path, 1, PostprocessConfig(min_component_size=9, keep_largest=True))
+    assert Config.load(folder / CONFIG).postprocess == PostprocessConfig(
+        min_component_size=9, keep_largest=True, seed_threshold=0.8, min_object_size=40)

@@ -33,7 +33,7 @@ from torch import nn
 
 from .config import Config, SettingError
 from .divergence import nonfinite_tensors
-from .errors import writing
+from .errors import replacing, writing
 from .models import build_model  # re-exported: callers import it from here
 from .models.auxiliary import match_auxiliary
 from .models.fuse import fold_batchnorm as fold_conv_batchnorm
@@ -269,3 +269,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and value != value:  # NaN is not valid JSON
         return None
     return value
+
+
+def update_postprocess(folders: Sequence[str | Path], **fields: Any) -> None:
+    """Set ``fields`` of the ``postprocess`` section in each checkpoint folder's config.json
+    (folders without one are skipped), keeping its other fields: the clean-up chosen by
+    cross-validation and an instance model's labelling thresholds live side by side."""
+    for folder in folders:
+        path = Path(folder) / CONFIG
+        if path.is_file():
+            config = Config.load(path)
+            chosen = dataclasses.replace(config.postprocess, **fields)
+            with replacing("checkpoint config", path) as tmp:
+                dataclasses.replace(config, postprocess=chosen).save(tmp)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import object_tuning
-from .checkpoint import CONFIG, load_checkpoint
+from .checkpoint import load_checkpoint, update_postprocess
 from .config import Config, PostprocessConfig, class_names_of, target_classes
 from .data.normalize import normalize_image
 from .errors import replacing
@@ -84,7 +84,7 @@ def decide_labelling(best: Path, checkpoints: Sequence[Path], val_dataset) -> di
         probabilities.append(predict(model, normalize_image(image, config, item.label)))
         truths.append(val_dataset.instances_of(item))
     seed, size, rows = object_tuning.choose_labelling(probabilities, truths)
-    object_tuning.store_labelling(checkpoints, seed, size)
+    update_postprocess(checkpoints, seed_threshold=seed, min_object_size=size)
     return {"seed_threshold": seed, "min_object_size": size, "tried": rows}
 
 
@@ -130,14 +130,12 @@ def decide(preds: list[np.ndarray], truths: list[np.ndarray], num_classes: int
 
 
 def store(out: Path, folds: int, chosen: PostprocessConfig) -> None:
-    """Write the chosen clean-up into every fold's best and last checkpoint config."""
-    for fold in range(folds):
-        for name in ("best", "last"):
-            path = out / f"fold_{fold}" / "checkpoints" / name / CONFIG
-            if path.is_file():
-                config = dataclasses.replace(Config.load(path), postprocess=chosen)
-                with replacing("checkpoint config", path) as tmp:
-                    config.save(tmp)
+    """Write the chosen clean-up into every fold's best and last checkpoint config (an
+    instance model's labelling thresholds there are kept)."""
+    update_postprocess([out / f"fold_{fold}" / "checkpoints" / name
+                        for fold in range(folds) for name in ("best", "last")],
+                       min_component_size=chosen.min_component_size,
+                       keep_largest=chosen.keep_largest)
 
 
 def decide_postprocessing(out: str | Path, folds: int) -> dict:

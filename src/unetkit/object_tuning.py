@@ -13,15 +13,11 @@ unless ``--seed-threshold`` / ``--min-object-size`` are given.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CONFIG
 from .config import Config
-from .errors import replacing
 from .instances import label_objects
 from .object_metrics import object_scores, pool_object_scores
 
@@ -48,9 +44,9 @@ def choose_labelling(probabilities: Sequence[np.ndarray], truths: Sequence[np.nd
                      ) -> tuple[float, int, list[dict]]:
     """(seed threshold, smallest object px, one row per pair tried) for three-class
     probabilities (3, H, W) and their true label images (H, W)."""
-    rows = []
+    rows, sizes = [], size_candidates(truths)
     for seed in SEED_THRESHOLDS:
-        for size in size_candidates(truths):
+        for size in sizes:
             pooled = pool_object_scores([
                 object_scores(t, label_objects(p, min_size=size, seed_threshold=seed))
                 for p, t in zip(probabilities, truths)])
@@ -75,16 +71,3 @@ def labelling_settings(config: Config, min_size: int | None = None,
         seed_threshold = tuned.seed_threshold if tuned.seed_threshold is not None else \
             DEFAULT_SEED
     return min_size, seed_threshold
-
-
-def store_labelling(checkpoints: Sequence[Path], seed: float, size: int) -> None:
-    """Write the chosen thresholds into each checkpoint's config.json."""
-    for folder in checkpoints:
-        path = Path(folder) / CONFIG
-        if path.is_file():
-            config = Config.load(path)
-            chosen = dataclasses.replace(config.postprocess, seed_threshold=seed,
-                                         min_object_size=size)
-            with replacing("checkpoint config", path) as tmp:
-                dataclasses.replace(config, postprocess=chosen).save(tmp)
-
